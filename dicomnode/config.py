@@ -1,0 +1,290 @@
+"""The one configuration schema of the node (``config.yaml``).
+
+Every key is declared here; unknown keys are errors. Values of the form ``${NAME}`` or
+``${NAME:-default}`` are replaced by environment variables before validation, so secrets
+(database passwords, STOW-RS credentials) need not be written into the file.
+
+Sections are owned by the stage they configure: ``node`` (the receiver's network identity),
+``storage`` (spool and database), ``assembly`` (series completion), ``logging``, ``models``
+(weights and inference device).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: The default configuration shipped with the project (repository root).
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE.match(value) or len(stripped) > 16:
+        raise ValueError("must be 1 to 16 printable characters without a backslash")
+    return stripped
+
+
+class TLSConfig(_Section):
+    """TLS on the DICOM listener (DICOM PS3.15 B.1, port conventionally 2762)."""
+
+    enabled: bool = False
+    certificate: Path | None = Field(None, description="PEM server certificate")
+    private_key: Path | None = Field(None, description="PEM private key of the certificate")
+    ca_certificates: Path | None = Field(
+        None, description="PEM bundle of CAs whose client certificates are accepted"
+    )
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> TLSConfig:
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            raise ValueError("certificate and private_key are required when TLS is enabled")
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("ca_certificates is required to verify client certificates")
+        return self
+
+
+class NodeConfig(_Section):
+    """Network identity of the DICOM listener (C-ECHO / C-STORE SCP)."""
+
+    ae_title: str = "DICOMNODE"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    #: Refuse associations whose Called AE Title is not ``ae_title``.
+    require_called_ae_title: bool = True
+    #: Calling AE Titles allowed to associate; empty means any.
+    allowed_calling_ae_titles: list[str] = Field(default_factory=list)
+    #: Source addresses or networks (CIDR) allowed to associate; empty means any.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    max_associations: int = 16
+    #: Seconds of silence after which an association is aborted.
+    network_timeout: float = 60.0
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @field_validator("allowed_calling_ae_titles")
+    @classmethod
+    def _aes(cls, values: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in values]
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        if not 1 <= value <= 65535:
+            raise ValueError("must be between 1 and 65535")
+        return value
+
+    @field_validator("max_associations")
+    @classmethod
+    def _max_assoc(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+
+class StorageConfig(_Section):
+    """Where received instances, results and the database live."""
+
+    #: Root folder; the spool, outputs and the default SQLite database live under it.
+    path: Path = Path("var")
+    #: SQLAlchemy URL; empty means SQLite at ``<path>/dicomnode.sqlite3`` (WAL mode).
+    database_url: str = ""
+    #: Free space (bytes, or with a unit: "2 GB", "500 MiB") below which C-STORE is refused
+    #: with 0xA700 (Out of Resources).
+    min_free: int = 2 * 1024**3
+    #: fsync each instance and its directory before acknowledging (crash safety).
+    fsync: bool = True
+
+    @field_validator("min_free", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("min_free")
+    @classmethod
+    def _non_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.path / 'dicomnode.sqlite3').resolve()}"
+
+
+class AssemblyConfig(_Section):
+    """When a series counts as complete."""
+
+    #: Seconds without a new instance after which a series is complete.
+    series_timeout: float = 60.0
+
+    @field_validator("series_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+    #: Log patient names and IDs. Off by default: logs leave the controlled environment.
+    include_phi: bool = False
+    #: Also write the log to this file (one JSON object a line).
+    file: Path | None = None
+
+
+class ModelsConfig(_Section):
+    """Model weights and the inference device."""
+
+    #: Folder holding installed model weights (one sub-folder per registry entry).
+    path: Path = Path("var/models")
+    #: ``auto`` (first CUDA GPU, else CPU), ``cpu`` or ``cuda:N``.
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", value):
+            raise ValueError("must be 'auto', 'cpu' or 'cuda:N'")
+        return value
+
+
+class Config(_Section):
+    """The whole of ``config.yaml``."""
+
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    assembly: AssemblyConfig = Field(default_factory=AssemblyConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+
+    def resolve_paths(self, base: Path) -> Config:
+        """Make relative paths relative to ``base`` (the folder of the config file)."""
+        def absolute(p: Path) -> Path:
+            return p if p.is_absolute() else (base / p).resolve()
+
+        self.storage.path = absolute(self.storage.path)
+        self.models.path = absolute(self.models.path)
+        if self.logging.file is not None:
+            self.logging.file = absolute(self.logging.file)
+        return self
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``"2 GB"`` → 2000000000; ``"500MiB"`` → 524288000; a bare number is bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"{text!r} is not a size (use e.g. 2 GB, 500 MiB or a number of bytes)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a configuration file, addressed by its dotted key path."""
+
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.reason}" if self.key else self.reason
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, path: Path | None, problems: list[ConfigProblem]):
+        self.path = path
+        self.problems = problems
+        where = f"{path}: " if path else ""
+        super().__init__(where + "; ".join(str(p) for p in problems))
+
+
+def _substitute_env(value: Any, key: str, problems: list[ConfigProblem]) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute_env(v, f"{key}.{k}" if key else str(k), problems)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute_env(v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    if isinstance(value, str):
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            problems.append(ConfigProblem(key, f"environment variable {name} is not set"))
+            return ""
+        return _ENV_PATTERN.sub(replace, value)
+    return value
+
+
+def _plain_reason(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "is required"
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    return message[:1].lower() + message[1:]
+
+
+def parse_config(data: Any, path: Path | None = None) -> Config:
+    """Validate a mapping as a configuration; raise :class:`ConfigError` with every problem."""
+    problems: list[ConfigProblem] = []
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, [ConfigProblem("", "the file must hold a mapping of sections")])
+    data = _substitute_env(data, "", problems)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            key = ".".join(str(p) for p in error["loc"])
+            problems.append(ConfigProblem(key, _plain_reason(error)))
+        raise ConfigError(path, problems) from None
+    if problems:
+        raise ConfigError(path, problems)
+    return config.resolve_paths(path.parent if path else Path.cwd())
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Read and validate ``config.yaml`` (the default one when ``path`` is None).
+
+    ``DICOMNODE_CONFIG`` names the file when ``path`` is not given.
+    """
+    if path is None:
+        path = os.environ.get("DICOMNODE_CONFIG") or DEFAULT_CONFIG_PATH
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, [ConfigProblem("", f"cannot read the file: {exc.strerror}")])
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [ConfigProblem("", f"not valid YAML: {exc}")]) from None
+    return parse_config(data, path.resolve())
