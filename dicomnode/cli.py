@@ -19,6 +19,7 @@ from dicomnode.config import ConfigError, load_config
 _COMMAND_MODULES = (
     "dicomnode.service.cli",   # serve, status
     "dicomnode.models.cli",    # models, process
+    "dicomnode.rules.cli",     # rules test
 )
 
 Handler = Callable[[argparse.Namespace], int]

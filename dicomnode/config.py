@@ -165,6 +165,137 @@ class ModelsConfig(_Section):
         return value
 
 
+#: Pipelines a rule may name (the model registry maps each to its model entries).
+PIPELINES = ("vertebral-bodies-ct", "totalspineseg", "spineps")
+Plane = Literal["axial", "sagittal", "coronal", "oblique"]
+
+
+def _compile(pattern: str | None) -> str | None:
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+    return pattern
+
+
+class SliceRange(_Section):
+    min: int = 1
+    max: int | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SliceRange:
+        if self.min < 1:
+            raise ValueError("min must be at least 1")
+        if self.max is not None and self.max < self.min:
+            raise ValueError("max must not be below min")
+        return self
+
+
+class RuleMatch(_Section):
+    """Conditions on a series; all given conditions must hold. Text compares case-insensitively.
+
+    Regular expressions are searched (not anchored) in the attribute's value.
+    """
+
+    #: Modality (0008,0060), any of.
+    modality: list[str] = Field(default_factory=list)
+    #: Body Part Examined (0018,0015), regex.
+    body_part: str | None = None
+    #: Series Description (0008,103E), regex.
+    series_description: str | None = None
+    #: Protocol Name (0018,1030), regex.
+    protocol_name: str | None = None
+    #: Image Type (0008,0008) must hold every one of these values.
+    image_type_contains: list[str] = Field(default_factory=list)
+    #: Image Type must hold none of these values.
+    image_type_excludes: list[str] = Field(default_factory=list)
+    #: Acquisition plane from Image Orientation (Patient), any of.
+    orientation: list[Plane] = Field(default_factory=list)
+    #: Number of slices (instances, or frames of a multi-frame object).
+    slices: SliceRange | None = None
+    #: Calling AE Title of the association that sent the series, any of.
+    calling_ae_title: list[str] = Field(default_factory=list)
+
+    _regex = field_validator("body_part", "series_description", "protocol_name")(
+        classmethod(lambda cls, v: _compile(v)))
+
+
+class RuleConfig(_Section):
+    """A routing rule: when ``match`` holds, run ``pipelines`` and send to ``destinations``."""
+
+    name: str
+    match: RuleMatch = Field(default_factory=RuleMatch)
+    pipelines: list[str] = Field(default_factory=list)
+    destinations: list[str] = Field(default_factory=list)
+    #: Higher runs first when several series wait for the GPU.
+    priority: int = 0
+
+    @field_validator("pipelines")
+    @classmethod
+    def _known(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value not in PIPELINES:
+                raise ValueError(f"unknown pipeline {value!r} (known: {', '.join(PIPELINES)})")
+        return values
+
+
+class RoutingConfig(_Section):
+    #: ``first``: the first matching rule decides. ``all``: every matching rule runs.
+    mode: Literal["first", "all"] = "first"
+    rules: list[RuleConfig] = Field(default_factory=list)
+
+
+class DestinationConfig(_Section):
+    """Where results go: a DICOM peer (C-STORE SCU) or a DICOMweb server (STOW-RS)."""
+
+    type: Literal["dicom", "dicomweb"] = "dicom"
+    #: DICOM: the peer's AE title, host and port.
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = None
+    #: DICOM: our Calling AE Title towards this peer (default: node.ae_title).
+    calling_ae_title: str | None = None
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+    #: DICOMweb: base URL of the STOW-RS service (e.g. http://pacs/dicom-web).
+    url: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> DestinationConfig:
+        if self.type == "dicom":
+            missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) in (None, "")]
+            if missing:
+                raise ValueError(f"a dicom destination needs {', '.join(missing)}")
+            _check_ae_title(self.ae_title or "")
+            if not 1 <= (self.port or 0) <= 65535:
+                raise ValueError("port must be between 1 and 65535")
+        elif not self.url:
+            raise ValueError("a dicomweb destination needs url")
+        return self
+
+
+class DispatchConfig(_Section):
+    """Retries of deliveries; the wait doubles from ``initial_backoff`` up to ``max_backoff``."""
+
+    max_attempts: int = Field(8, ge=1)
+    initial_backoff: float = Field(10.0, gt=0)
+    max_backoff: float = Field(900.0, gt=0)
+    #: Seconds between C-ECHO health checks of DICOM destinations (0: off).
+    echo_interval: float = Field(60.0, ge=0)
+    #: Also send results back to the AE that sent the series (needs it in ``return_to``).
+    return_to_sender: bool = False
+
+
+class RetentionConfig(_Section):
+    """When received instances and results are deleted. Nothing is deleted before delivery."""
+
+    #: Hours after a job is done before its spool files and outputs are purged (0: never).
+    keep_done_hours: float = Field(72.0, ge=0)
+    #: When free disk falls below storage.min_free times this factor, purge the oldest done jobs.
+    emergency_factor: float = Field(1.5, ge=1)
+
 class Config(_Section):
     """The whole of ``config.yaml``."""
 
@@ -173,6 +304,19 @@ class Config(_Section):
     assembly: AssemblyConfig = Field(default_factory=AssemblyConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+
+    @model_validator(mode="after")
+    def _destinations_exist(self) -> Config:
+        for index, rule in enumerate(self.routing.rules):
+            for name in rule.destinations:
+                if name not in self.destinations:
+                    raise ValueError(f"routing.rules[{index}] ({rule.name}): destination "
+                                     f"{name!r} is not defined under destinations")
+        return self
 
     def resolve_paths(self, base: Path) -> Config:
         """Make relative paths relative to ``base`` (the folder of the config file)."""
@@ -263,7 +407,8 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         for error in exc.errors():
-            key = ".".join(str(p) for p in error["loc"])
+            key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                          for p in error["loc"]).lstrip(".")
             problems.append(ConfigProblem(key, _plain_reason(error)))
         raise ConfigError(path, problems) from None
     if problems:
