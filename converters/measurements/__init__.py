@@ -1,0 +1,19 @@
+"""Pure measurement maths on label masks: volumes, intensities, vertebral heights, areas."""
+
+from .geometry import Grid
+from .spine import (
+    BodyHeights,
+    RegionStatistics,
+    axial_areas,
+    body_heights,
+    disc_height,
+    minimum_area_per_level,
+    nearest_frame,
+    region_statistics,
+    trabecular_attenuation,
+)
+
+__all__ = [
+    "BodyHeights", "Grid", "RegionStatistics", "axial_areas", "body_heights", "disc_height",
+    "minimum_area_per_level", "nearest_frame", "region_statistics", "trabecular_attenuation",
+]

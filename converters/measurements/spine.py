@@ -1,0 +1,175 @@
+"""Spine measurements from a binary mask on a voxel grid (pure numpy / scipy maths).
+
+Conventions: heights are measured along the patient's cranio-caudal axis (LPS +z) in the
+mid-sagittal slab of the structure, depths along the antero-posterior axis (LPS +y). A
+voxel counts with its full extent, so a 40 mm high box sampled at 0.5 mm measures 40 mm.
+Heights therefore assume a spine roughly aligned with the patient axes (supine scan); the
+tilt of a lordotic level shortens nothing but lengthens heights by 1/cos(tilt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .geometry import AP, LR, SI, Grid
+
+#: Fraction of the body's depth between its anterior/posterior border and the point where
+#: the anterior/posterior height is taken (keeps cortex partial volume and osteophytes out).
+EDGE_INSET = 0.1
+
+
+@dataclass(frozen=True)
+class RegionStatistics:
+    """Volume, centroid and intensity statistics of one structure."""
+
+    voxel_count: int
+    volume_ml: float
+    centroid: tuple[float, float, float]  # patient LPS, mm
+    mean: float | None  # image units (HU on CT); None without an image
+    sd: float | None
+
+
+@dataclass(frozen=True)
+class BodyHeights:
+    """Anterior, middle and posterior height of a vertebral body (mm) and Genant-style
+    height loss ratio ``1 - min / max`` of the three (0 = no deformity, ≥ 0.2 = fracture
+    grade 1 or worse)."""
+
+    anterior_mm: float
+    middle_mm: float
+    posterior_mm: float
+
+    @property
+    def height_loss_ratio(self) -> float:
+        heights = (self.anterior_mm, self.middle_mm, self.posterior_mm)
+        return 1.0 - min(heights) / max(heights)
+
+
+def region_statistics(
+    mask: np.ndarray, grid: Grid, image: np.ndarray | None = None
+) -> RegionStatistics:
+    """Voxel count, volume (mL), centroid (patient mm) and mean / sample SD of ``image``
+    inside ``mask``."""
+    idx = np.argwhere(mask)
+    n = len(idx)
+    if n == 0:
+        raise ValueError("empty mask: no statistics")
+    centroid = grid.to_patient(idx.mean(axis=0, keepdims=True))[0]
+    mean = sd = None
+    if image is not None:
+        values = image[mask].astype(np.float64)
+        mean = float(values.mean())
+        sd = float(values.std(ddof=1)) if n > 1 else 0.0
+    return RegionStatistics(n, n * grid.voxel_volume_mm3 / 1000.0,
+                            tuple(float(c) for c in centroid), mean, sd)
+
+
+def _column_height(points: np.ndarray, grid: Grid, ap_position: float) -> float:
+    """Cranio-caudal extent of the points within half a voxel of ``ap_position``."""
+    half = max(grid.extent_along(AP) / 2, 1e-6)
+    ap = points @ AP
+    near = np.abs(ap - ap_position) <= half
+    if not near.any():  # nearest occupied column when the exact one is empty
+        near = np.abs(ap - ap_position) <= np.abs(ap - ap_position).min() + 1e-6
+    z = points[near] @ SI
+    return float(z.max() - z.min() + grid.extent_along(SI))
+
+
+def _mid_sagittal(points: np.ndarray, grid: Grid) -> np.ndarray:
+    """Points of the sagittal slab (1 voxel or ±1 mm wide) through the structure's centre."""
+    lr = points @ LR
+    half = max(grid.extent_along(LR) / 2, 1.0)
+    return points[np.abs(lr - np.median(lr)) <= half]
+
+
+def body_heights(mask: np.ndarray, grid: Grid) -> BodyHeights:
+    """Anterior / middle / posterior heights of a vertebral body mask.
+
+    Taken in the mid-sagittal slab at ``EDGE_INSET`` of the depth from the anterior and
+    posterior borders and at mid-depth.
+    """
+    pts = _mid_sagittal(grid.points(mask), grid)
+    if len(pts) == 0:
+        raise ValueError("empty mask: no heights")
+    ap = pts @ AP
+    half = grid.extent_along(AP) / 2
+    front, back = ap.min() - half, ap.max() + half  # outer borders of the outermost voxels
+    depth = back - front
+    # LPS +y is posterior, so the anterior border is the smallest y.
+    return BodyHeights(
+        anterior_mm=_column_height(pts, grid, front + EDGE_INSET * depth),
+        middle_mm=_column_height(pts, grid, front + 0.5 * depth),
+        posterior_mm=_column_height(pts, grid, back - EDGE_INSET * depth),
+    )
+
+
+def disc_height(mask: np.ndarray, grid: Grid) -> float:
+    """Height of an intervertebral disc at its mid-depth in the mid-sagittal slab (mm)."""
+    pts = _mid_sagittal(grid.points(mask), grid)
+    if len(pts) == 0:
+        raise ValueError("empty mask: no disc height")
+    ap = pts @ AP
+    return _column_height(pts, grid, (ap.min() + ap.max()) / 2)
+
+
+def trabecular_attenuation(
+    mask: np.ndarray, grid: Grid, image: np.ndarray, erosion_mm: float = 3.0
+) -> tuple[float, int]:
+    """Mean ``image`` value over voxels whose centre lies more than ``erosion_mm`` inside the
+    mask surface (removes the cortex), and
+    the voxel count of that core. For L1 on CT this is the opportunistic osteoporosis
+    screening value (HU)."""
+    # edt is centre-to-centre distance to the nearest outside voxel; minus half a voxel it is
+    # the depth of the voxel centre below the mask surface.
+    depth = ndimage.distance_transform_edt(mask, sampling=grid.spacing) - grid.spacing.min() / 2
+    core = depth > erosion_mm
+    if not core.any():
+        raise ValueError(f"body too small for a {erosion_mm} mm erosion")
+    return float(image[core].astype(np.float64).mean()), int(core.sum())
+
+
+def axial_areas(mask: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-sectional area (mm²) of ``mask`` in axial slabs one voxel-extent thick.
+
+    Returns (slab centre z in mm, area in mm²). Works for any acquisition plane: every voxel
+    adds its volume to the slab holding its centre, and area = volume / slab thickness.
+    """
+    z = grid.points(mask) @ SI
+    if len(z) == 0:
+        return np.empty(0), np.empty(0)
+    t = grid.extent_along(SI)
+    # Slab edges half a voxel off the first centre, so axial slices fall each in one slab.
+    bins = np.floor((z - z.min()) / t + 0.5).astype(int)
+    counts = np.bincount(bins)
+    centres = z.min() + np.arange(len(counts)) * t
+    keep = counts > 0
+    return centres[keep], counts[keep] * grid.voxel_volume_mm3 / t
+
+
+def minimum_area_per_level(
+    canal: np.ndarray, levels: Mapping[str, np.ndarray], grid: Grid
+) -> dict[str, float]:
+    """Smallest axial cross-sectional area (mm²) of the canal within each level's
+    cranio-caudal range. ``levels`` maps a level name to that vertebra's (or body's) mask."""
+    centres, areas = axial_areas(canal, grid)
+    out: dict[str, float] = {}
+    if len(areas) == 0:
+        return out
+    for name, level_mask in levels.items():
+        z = grid.points(level_mask) @ SI
+        if len(z) == 0:
+            continue
+        inside = (centres >= z.min()) & (centres <= z.max())
+        if inside.any():
+            out[name] = float(areas[inside].min())
+    return out
+
+
+def nearest_frame(grid: Grid, point: np.ndarray) -> int:
+    """Index of the frame whose plane is closest to the patient ``point``."""
+    ijk = np.linalg.solve(grid.affine[:3, :3], np.asarray(point) - grid.affine[:3, 3])
+    return int(round(float(ijk[0])))

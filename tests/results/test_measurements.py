@@ -1,0 +1,105 @@
+"""Measurement maths on synthetic shapes whose answers are known analytically."""
+
+import numpy as np
+import pytest
+
+from converters.measurements import (
+    Grid,
+    axial_areas,
+    body_heights,
+    disc_height,
+    minimum_area_per_level,
+    region_statistics,
+    trabecular_attenuation,
+)
+
+
+def _box(shape_mm, spacing=0.5, pad=4):
+    """A box of ``shape_mm`` (z, y, x) in an array with ``pad`` empty voxels around it."""
+    n = [round(s / spacing) for s in shape_mm]
+    mask = np.zeros([k + 2 * pad for k in n], bool)
+    mask[pad:pad + n[0], pad:pad + n[1], pad:pad + n[2]] = True
+    return mask
+
+
+def test_box_volume_is_24_ml_and_intensity_stats():
+    grid = Grid.from_spacing((0.5, 0.5, 0.5))
+    mask = _box((40, 30, 20))  # 40 mm high (z), 30 mm deep (y), 20 mm wide (x)
+    image = np.where(mask, 200.0, -1000.0)
+    image[mask] += np.tile([-10.0, 10.0], mask.sum() // 2)
+    stats = region_statistics(mask, grid, image)
+    assert stats.volume_ml == pytest.approx(24.0)
+    assert stats.mean == pytest.approx(200.0)
+    assert stats.sd == pytest.approx(10.0, rel=1e-4)
+    # patient (x, y, z) of the centre: pad 2 mm + half the box side - half a voxel
+    assert stats.centroid == pytest.approx((2 + 10 - 0.25, 2 + 15 - 0.25, 2 + 20 - 0.25))
+
+
+def test_box_heights_are_equal_and_ratio_zero():
+    grid = Grid.from_spacing((0.5, 0.5, 0.5))
+    h = body_heights(_box((40, 30, 20)), grid)
+    assert (h.anterior_mm, h.middle_mm, h.posterior_mm) == pytest.approx((40, 40, 40))
+    assert h.height_loss_ratio == pytest.approx(0.0)
+
+
+def test_wedge_body_has_known_heights_and_ratio():
+    # Depth 30 mm along y (anterior = small y), height 25 mm posteriorly falling linearly
+    # to 15 mm at the anterior border: an anterior wedge fracture.
+    sp = 0.5
+    grid = Grid.from_spacing((sp, sp, sp))
+    ny, nz, nx = 60, 50, 40
+    mask = np.zeros((nz + 4, ny + 4, nx + 4), bool)
+    for j in range(ny):
+        y_centre = (j + 0.5) * sp  # distance of the voxel centre from the anterior border
+        height = 15 + 10 * y_centre / 30
+        mask[2:2 + round(height / sp), 2 + j, 2:2 + nx] = True
+    h = body_heights(mask, grid)
+    expected = [15 + 10 * f for f in (0.1, 0.5, 0.9)]
+    assert [h.anterior_mm, h.middle_mm, h.posterior_mm] == pytest.approx(expected, abs=sp)
+    assert h.height_loss_ratio == pytest.approx(1 - 16 / 24, abs=0.02)
+
+
+def test_heights_on_anisotropic_grid():
+    grid = Grid.from_spacing((2.0, 0.75, 0.75))
+    mask = np.zeros((20, 60, 60), bool)
+    mask[3:15, 10:50, 10:50] = True  # 12 slices × 2 mm = 24 mm
+    assert disc_height(mask, grid) == pytest.approx(24.0)
+
+
+def test_cylinder_cross_section_and_minimum_per_level():
+    sp = 0.25
+    grid = Grid.from_spacing((1.0, sp, sp))
+    yy, xx = np.mgrid[:120, :120]
+    radius = lambda r: ((yy - 59.5) * sp) ** 2 + ((xx - 59.5) * sp) ** 2 <= r * r  # noqa: E731
+    canal = np.zeros((40, 120, 120), bool)
+    canal[:20] = radius(7.0)
+    canal[20:] = radius(5.0)
+    _, areas = axial_areas(canal, grid)
+    assert areas[0] == pytest.approx(np.pi * 49, rel=0.01)
+    upper = np.zeros_like(canal)
+    upper[:18] = True
+    lower = np.zeros_like(canal)
+    lower[22:] = True
+    mins = minimum_area_per_level(canal, {"L1": upper, "L2": lower}, grid)
+    assert mins["L1"] == pytest.approx(np.pi * 49, rel=0.01)
+    assert mins["L2"] == pytest.approx(np.pi * 25, rel=0.01)
+
+
+def test_trabecular_attenuation_excludes_cortex():
+    grid = Grid.from_spacing((1.0, 1.0, 1.0))
+    mask = _box((20, 20, 20), spacing=1.0)
+    image = np.full(mask.shape, 600.0)  # cortex
+    # voxel centres more than 3 mm below the surface: 3.5 mm deep and beyond, the central 14³
+    inner = _box((14, 14, 14), spacing=1.0, pad=7)
+    image[inner] = 150.0
+    mean, n = trabecular_attenuation(mask, grid, image, erosion_mm=3.0)
+    assert mean == pytest.approx(150.0)
+    assert n == 14**3
+
+
+def test_oblique_grid_volume_is_invariant():
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    a = np.eye(4)
+    a[:3, :3] = np.array([[0, c, -s], [0, s, c], [1, 0, 0]]).T @ np.diag([0.5, 0.5, 0.5])
+    mask = _box((40, 30, 20))
+    assert region_statistics(mask, Grid(a)).volume_ml == pytest.approx(24.0)
