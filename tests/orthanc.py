@@ -1,0 +1,96 @@
+"""A real Orthanc PACS (Debian package) on loopback, for dispatch and end-to-end tests.
+
+Orthanc stores what it receives by C-STORE or STOW-RS; tests read it back through its REST API.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ORTHANC = shutil.which("Orthanc")
+DICOMWEB_PLUGIN_DIRS = [Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc")]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Orthanc:
+    """A running (or stopped) Orthanc; ``start``/``stop`` may be called repeatedly."""
+
+    folder: Path
+    ae_title: str = "ORTHANC"
+    dicom_port: int = 0
+    http_port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.dicom_port = self.dicom_port or free_port()
+        self.http_port = self.http_port or free_port()
+        plugins = [str(d) for d in DICOMWEB_PLUGIN_DIRS if (d / "libOrthancDicomWeb.so").exists()]
+        config = {
+            "Name": "dicomnode-test", "StorageDirectory": str(self.folder / "db"),
+            "IndexDirectory": str(self.folder / "db"), "DicomAet": self.ae_title,
+            "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": True, "UnknownSopClassAccepted": True,
+            "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
+            "Plugins": plugins[:1], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "HttpServerEnabled": True, "StableAge": 1,
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "orthanc.json").write_text(json.dumps(config))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    def start(self, timeout: float = 30.0) -> None:
+        assert ORTHANC, "Orthanc is not installed (Debian package 'orthanc')"
+        log = open(self.folder / "orthanc.log", "ab")
+        self.process = subprocess.Popen([ORTHANC, str(self.folder / "orthanc.json")],
+                                        stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.get("/system")
+                with socket.create_connection(("127.0.0.1", self.dicom_port), timeout=1):
+                    return
+            except (OSError, urllib.error.URLError):
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"Orthanc exited: see {self.folder / 'orthanc.log'}")
+                time.sleep(0.2)
+        raise RuntimeError("Orthanc did not start in time")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    def instances(self) -> list[dict[str, Any]]:
+        """Every stored instance with its main DICOM tags (simplified)."""
+        return [self.get(f"/instances/{i}/simplified-tags") for i in self.get("/instances")]
+
+    def sop_instance_uids(self) -> list[str]:
+        return [tags["SOPInstanceUID"] for tags in self.instances()]
