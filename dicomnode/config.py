@@ -156,12 +156,65 @@ class ModelsConfig(_Section):
     path: Path = Path("var/models")
     #: ``auto`` (first CUDA GPU, else CPU), ``cpu`` or ``cuda:N``.
     device: str = "auto"
+    #: How many loaded models stay warm on the device (least recently used ones are unloaded).
+    keep_warm: int = 4
+    #: CPU threads torch may use for inference; 0 leaves torch's default (all cores).
+    threads: int = 0
+    #: Which registry entry each pipeline runs when a rule does not say
+    #: (e.g. ``vertebral-bodies-ct: vertebral-bodies-ct-l`` for the 5-fold ensemble).
+    pipeline_models: dict[str, str] = Field(default_factory=dict)
+    #: Base URL of a local mirror holding the release files under their official names;
+    #: empty means the official sources (Hugging Face, GitHub releases).
+    mirror: str = ""
+    #: Seconds a download may stall before it is retried (then reported unreachable).
+    download_timeout: float = 30.0
 
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
         if value not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", value):
             raise ValueError("must be 'auto', 'cpu' or 'cuda:N'")
+        return value
+
+    @field_validator("keep_warm")
+    @classmethod
+    def _keep_warm(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 (torch's default) or more")
+        return value
+
+    @field_validator("download_timeout")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+    @field_validator("mirror")
+    @classmethod
+    def _mirror(cls, value: str) -> str:
+        if value and not re.match(r"https?://", value):
+            raise ValueError("must be an http:// or https:// URL, or empty")
+        return value
+
+    @field_validator("pipeline_models")
+    @classmethod
+    def _pipeline_models(cls, value: dict[str, str]) -> dict[str, str]:
+        from dicomnode.models.registry import REGISTRY  # no torch: the registry is plain data
+
+        for pipeline, model in value.items():
+            entry = REGISTRY.get(model)
+            if entry is None:
+                raise ValueError(f"{model!r} is not a known model (known: {', '.join(REGISTRY)})")
+            if entry.pipeline != pipeline:
+                raise ValueError(f"model {model} belongs to pipeline {entry.pipeline}, not {pipeline}")
         return value
 
 

@@ -1,0 +1,179 @@
+"""``dicomnode models list|pull|install|verify`` and ``dicomnode process``.
+
+Exit status: 0 success, 1 a model or case failed (reason on stderr), 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dicomnode.config import Config, load_config
+from dicomnode.models.registry import REGISTRY, ModelStore, get_entry
+from dicomnode.models.runtime import ModelError
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    models = subparsers.add_parser("models", help="list, pull, install and verify model weights")
+    sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+
+    listing = sub.add_parser("list", parents=[common], help="the models, and which are installed")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=_list)
+
+    pull = sub.add_parser("pull", parents=[common], help="download a model from its official source")
+    pull.add_argument("name", choices=sorted(REGISTRY), metavar="NAME")
+    pull.add_argument("--mirror", default=None,
+                      help="base URL holding the release files (default: config models.mirror, "
+                           "else the official source)")
+    pull.set_defaults(handler=_pull)
+
+    install = sub.add_parser("install", parents=[common],
+                             help="install a model from release zip(s) or a folder (air-gapped sites)")
+    install.add_argument("name", choices=sorted(REGISTRY), metavar="NAME")
+    install.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    install.set_defaults(handler=_install)
+
+    verify = sub.add_parser("verify", parents=[common],
+                            help="load an installed model and segment a tiny volume")
+    verify.add_argument("name", choices=sorted(REGISTRY), metavar="NAME")
+    verify.add_argument("--device", help="override models.device (auto, cpu, cuda:N)")
+    verify.set_defaults(handler=_verify)
+
+    process = subparsers.add_parser(
+        "process", parents=[common],
+        help="segment a folder of DICOM files (one or many series) or a NIfTI file, offline")
+    process.add_argument("input", type=Path, metavar="INPUT")
+    process.add_argument("--pipeline", required=True, metavar="NAME")
+    process.add_argument("--out", required=True, type=Path, metavar="DIR")
+    process.add_argument("--model", help="registry entry to run (default: config "
+                                         "models.pipeline_models, else the pipeline's default)")
+    process.add_argument("--device", help="override models.device (auto, cpu, cuda:N)")
+    process.add_argument("--no-encode", action="store_true",
+                         help="write only the NIfTI label map (no SEG, SR or preview)")
+    process.set_defaults(handler=_process)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000  # type: ignore[assignment]
+    return "-"
+
+
+def _list(args: argparse.Namespace) -> int:
+    store = ModelStore(load_config(args.config).models.path)
+    rows = []
+    for entry in REGISTRY.values():
+        installed = store.find(entry.name)
+        rows.append({
+            "name": entry.name, "pipeline": entry.pipeline, "modality": entry.modality,
+            "installed": installed is not None,
+            "version": installed.version if installed else entry.version,
+            "size": installed.manifest.get("size") if installed else entry.size,
+            "source": entry.source,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = ("NAME", "PIPELINE", "MODALITY", "INSTALLED", "VERSION", "SIZE", "SOURCE")
+    table = [header] + [(r["name"], r["pipeline"], r["modality"], "yes" if r["installed"] else "no",
+                         r["version"], _size(r["size"]), r["source"]) for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    print(f"\nweights directory: {store.root}")
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from dicomnode.models.weights import pull
+
+    config = load_config(args.config)
+    entry = get_entry(args.name)
+    mirror = config.models.mirror if args.mirror is None else args.mirror
+    try:
+        installed = pull(entry, ModelStore(config.models.path), mirror=mirror,
+                         timeout=config.models.download_timeout)
+    except ModelError as exc:
+        return _fail(str(exc))
+    print(f"{entry.name} {installed.version} installed in {installed.path}")
+    for name, digest in installed.manifest.get("sha256", {}).items():
+        print(f"  sha256 {digest}  {name}")
+    return 0
+
+
+def _install(args: argparse.Namespace) -> int:
+    from dicomnode.models.weights import install
+
+    config = load_config(args.config)
+    try:
+        installed = install(get_entry(args.name), ModelStore(config.models.path), args.paths)
+    except ModelError as exc:
+        return _fail(str(exc))
+    print(f"{args.name} {installed.version} installed in {installed.path}")
+    return 0
+
+
+def _runtime(config: Config, device: str | None) -> Any:
+    from dicomnode.models.runtime import NnUNetRuntime
+
+    return NnUNetRuntime(device or config.models.device, max_models=config.models.keep_warm,
+                         threads=config.models.threads)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from dicomnode.models.weights import verify
+
+    config = load_config(args.config)
+    try:
+        installed = ModelStore(config.models.path).require(args.name)
+        runtime = _runtime(config, args.device)
+
+        def report(c: Any) -> None:
+            print(f"  {c.role}: {c.folder} folds {c.folds} on {runtime.device}: patch {c.patch_size}, "
+                  f"spacing {c.spacing}, {c.seconds} s, labels {c.labels_found}"
+                  + (f" [{c.note}]" if c.note else ""))
+
+        print(f"{args.name} {installed.version} ({installed.path})")
+        verify(installed, runtime, report)
+    except ModelError as exc:
+        return _fail(str(exc))
+    print("OK")
+    return 0
+
+
+def _process(args: argparse.Namespace) -> int:
+    from dicomnode.models.pipelines import PipelineError, get_pipeline
+    from dicomnode.models.process import find_cases, process_cases
+
+    config = load_config(args.config)
+    try:
+        pipeline_class = get_pipeline(args.pipeline)
+        model = args.model or config.models.pipeline_models.get(args.pipeline)
+        pipeline = pipeline_class(ModelStore(config.models.path), _runtime(config, args.device), model)
+        pipeline.store.require(pipeline.model)  # fail once, before reading any image
+        cases, failures = find_cases(args.input)
+    except (ModelError, PipelineError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    if not cases and not failures:
+        return _fail(f"{args.input} holds no DICOM series and no NIfTI file")
+    args.out.mkdir(parents=True, exist_ok=True)
+    outcomes = failures + process_cases(cases, pipeline, args.out, encode=not args.no_encode)
+    done = [o for o in outcomes if o.ok]
+    print(f"{len(done)} of {len(outcomes)} case(s) segmented into {args.out}")
+    for outcome in outcomes:
+        if not outcome.ok:
+            print(f"FAILED {outcome.case.name}: {outcome.reason}", file=sys.stderr)
+    return 0 if len(done) == len(outcomes) else 1
