@@ -63,6 +63,14 @@ def private_code(value: str) -> Code:
     return Code(value, DESIGNATOR, meaning, SCHEME_VERSION)
 
 
+def declare_scheme(ds: Dataset) -> None:
+    """Add the ``99DCMNODE`` item to ``ds``'s Coding Scheme Identification Sequence
+    (0008,0110), keeping items already there."""
+    items = list(ds.get("CodingSchemeIdentificationSequence", []))
+    if not any(i.get("CodingSchemeDesignator") == DESIGNATOR for i in items):
+        ds.CodingSchemeIdentificationSequence = [*items, coding_scheme_item()]
+
+
 def coding_scheme_item() -> Dataset:
     """One item of the Coding Scheme Identification Sequence (0008,0110) for ``99DCMNODE``."""
     item = Dataset()

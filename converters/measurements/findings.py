@@ -1,0 +1,124 @@
+"""Which measurement applies to which vocabulary structure: label maps → spine findings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..vocabulary import LabelMapping, Structure
+from .geometry import Grid
+from .spine import (
+    BodyHeights,
+    RegionStatistics,
+    body_heights,
+    disc_height,
+    minimum_area_per_level,
+    nearest_frame,
+    region_statistics,
+    trabecular_attenuation,
+)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One label map with its mapping and the structures present (segment order)."""
+
+    mapping: LabelMapping
+    labelmap: np.ndarray
+    structures: Sequence[Structure]
+
+    def mask(self, key: str) -> np.ndarray:
+        values = [v for v, k in self.mapping.labels.items() if k == key]
+        return np.isin(self.labelmap, values)
+
+
+@dataclass
+class Findings:
+    """Everything the SR reports, keyed by (layer name, structure key) or level.
+
+    Attributes:
+        statistics: volume, centroid and intensity per structure.
+        heights: anterior/middle/posterior height of vertebral bodies.
+        disc_heights: mid-depth height of discs (mm).
+        trabecular_l1: (structure key, mean HU, voxel count) of the eroded L1 body (CT only).
+        l3_centre: (structure key, patient z in mm, nearest frame index) of the L3 body centre.
+        canal_min_area: level → smallest canal cross-section within that level (mm²).
+        canal_key: the canal structure the areas belong to.
+        intensity_is_hu: intensities are Hounsfield units (CT) rather than MR signal.
+    """
+
+    statistics: dict[tuple[str, str], RegionStatistics] = field(default_factory=dict)
+    heights: dict[tuple[str, str], BodyHeights] = field(default_factory=dict)
+    disc_heights: dict[tuple[str, str], float] = field(default_factory=dict)
+    trabecular_l1: tuple[str, str, float, int] | None = None
+    l3_centre: tuple[str, str, float, int] | None = None
+    canal_min_area: dict[str, float] = field(default_factory=dict)
+    canal_key: tuple[str, str] | None = None
+    intensity_is_hu: bool = False
+
+
+def _by_level(layers: Sequence[Layer], level: str) -> tuple[Layer, Structure] | None:
+    """The body of ``level`` if segmented, else the whole vertebra."""
+    for kind in ("body", "vertebra"):
+        for layer in layers:
+            for s in layer.structures:
+                if s.kind == kind and s.level == level:
+                    return layer, s
+    return None
+
+
+def measure(
+    layers: Sequence[Layer],
+    grid: Grid,
+    image: np.ndarray | None,
+    modality: str,
+    erosion_mm: float = 3.0,
+) -> Findings:
+    """Compute all findings.
+
+    ``image`` holds modality values (HU after Rescale Slope/Intercept on CT) on the same grid
+    as the label maps, or ``None`` (no intensity measurements).
+    """
+    hu = modality == "CT"
+    out = Findings(intensity_is_hu=hu)
+    for layer in layers:
+        for s in layer.structures:
+            mask = layer.mask(s.key)
+            key = (layer.mapping.name, s.key)
+            out.statistics[key] = region_statistics(mask, grid, image)
+            if s.kind == "body" and s.level:
+                out.heights[key] = body_heights(mask, grid)
+            elif s.kind == "disc":
+                out.disc_heights[key] = disc_height(mask, grid)
+    l1 = _by_level(layers, "L1")
+    if hu and image is not None and l1:
+        layer, s = l1
+        try:
+            mean, n = trabecular_attenuation(layer.mask(s.key), grid, image, erosion_mm)
+            out.trabecular_l1 = (layer.mapping.name, s.key, mean, n)
+        except ValueError:
+            pass  # body cut by the field of view or too small: no value rather than a wrong one
+    l3 = _by_level(layers, "L3")
+    if l3:
+        layer, s = l3
+        centroid = np.asarray(out.statistics[(layer.mapping.name, s.key)].centroid)
+        frame = min(max(nearest_frame(grid, centroid), 0), layer.labelmap.shape[0] - 1)
+        out.l3_centre = (layer.mapping.name, s.key, float(centroid[2]), frame)
+    for layer in layers:
+        keys = {s.kind: s.key for s in layer.structures if s.kind in ("canal", "cord")}
+        if "canal" not in keys:
+            continue
+        # TotalSpineSeg and SPINEPS label the canal around the cord: the canal is both.
+        canal = layer.mask(keys["canal"]) | (layer.mask(keys["cord"]) if "cord" in keys else False)
+        levels = {
+            s.level: found[0].mask(found[1].key)
+            for lay in layers for s in lay.structures
+            if s.kind in ("vertebra", "body") and s.level
+            and (found := _by_level(layers, s.level)) is not None
+        }
+        out.canal_min_area = minimum_area_per_level(canal, levels, grid)
+        out.canal_key = (layer.mapping.name, keys["canal"])
+        break
+    return out

@@ -1,0 +1,48 @@
+"""Preview panels → Secondary Capture Image Storage instances (highdicom)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from ..results.identity import SC_SERIES_OFFSET, derived_uid, series_description, series_number
+from ..results.metadata import PipelineMetadata
+from .render import Panel
+
+
+def build_secondary_captures(
+    source: Dataset, panels: Sequence[Panel], pipeline: PipelineMetadata
+) -> list[hd.sc.SCImage]:
+    """One RGB Secondary Capture per panel, all in one series of the source's study.
+
+    ``source`` supplies the Patient / Study modules (any image of the source series).
+    """
+    series_uid = derived_uid(source, pipeline, "preview")
+    out = []
+    for number, panel in enumerate(panels, start=1):
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source,
+            pixel_array=panel.rgb,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=series_uid,
+            series_number=series_number(source, SC_SERIES_OFFSET),
+            sop_instance_uid=derived_uid(source, pipeline, "preview", panel.name),
+            instance_number=number,
+            manufacturer=pipeline.manufacturer,
+            pixel_spacing=(panel.pixel_mm, panel.pixel_mm),
+            patient_orientation=panel.orientation,
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            series_description=series_description(pipeline, "Spine preview"),
+        )
+        sc.ImageComments = f"{panel.name} reformat with segmentation overlay"
+        # Laterality (General Series, 2C) must be absent for an unpaired body part, and the
+        # validator only knows the part is unpaired from Body Part Examined.
+        sc.BodyPartExamined = "SPINE"
+        sc.BurnedInAnnotation = "YES"  # level names are drawn into the pixels
+        out.append(sc)
+    return out

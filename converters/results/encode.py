@@ -1,0 +1,111 @@
+"""The one call that turns a pipeline's label map(s) into the DICOM objects to send."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
+
+from ..measurements.findings import Layer, measure
+from ..measurements.geometry import Grid
+from ..preview import build_secondary_captures, render_panels, side_by_side
+from ..seg.writer import build_segmentation, check_source_images
+from ..sr.writer import build_report
+from ..vocabulary import LabelMapping
+from .metadata import EncodeOptions, PipelineMetadata
+
+
+def _source_datasets(source: Any) -> list[Dataset]:
+    datasets = getattr(source, "datasets", source)
+    if isinstance(datasets, Dataset):
+        datasets = [datasets]
+    datasets = list(datasets)
+    if not datasets:
+        raise ValueError("no source images")
+    return datasets
+
+
+def _modality_values(datasets: Sequence[Dataset]) -> np.ndarray | None:
+    """Stored pixels → modality values (HU on CT), or ``None`` if the sources carry no pixels."""
+    if len(datasets) > 1 and all("PixelData" in ds for ds in datasets):
+        return np.stack([apply_modality_lut(ds.pixel_array, ds) for ds in datasets]).astype(np.float32)
+    return None
+
+
+def encode_results(
+    source: Any,
+    labelmap: np.ndarray | Sequence[np.ndarray] | None,
+    mapping: LabelMapping | Sequence[LabelMapping],
+    pipeline: PipelineMetadata,
+    options: EncodeOptions = EncodeOptions(),
+    *,
+    image: np.ndarray | None = None,
+    png_path: str | os.PathLike[str] | None = None,
+) -> list[Dataset]:
+    """SEG series (one per label map), the measurement SR and the preview SC for one run.
+
+    Args:
+        source: the source images — a sequence of pydicom datasets ordered like the label
+            map frames, or a source grid from ``converters.to_source_grid`` (``.datasets``,
+            ``.array``).
+        labelmap: (frames, Rows, Columns) label values on the source grid; several arrays
+            when the pipeline produces overlapping structure sets (each becomes its own SEG
+            series); ``None`` to take ``source.array``.
+        mapping: the :class:`~converters.vocabulary.LabelMapping` of each label map.
+        pipeline: algorithm identification (and the seed of every derived UID).
+        options: see :class:`EncodeOptions`.
+        image: modality values (HU on CT) on the same grid for intensity measurements and
+            the preview; by default decoded from the source datasets when they hold pixels.
+        png_path: also write the preview as PNG here.
+
+    Returns:
+        The datasets to send: SEG(s), then SR, then the secondary captures. Empty when no
+        mapped structure is present.
+    """
+    datasets = _source_datasets(source)
+    if labelmap is None:
+        labelmap = source.array
+    arrays = [labelmap] if isinstance(labelmap, np.ndarray) else list(labelmap)
+    mappings = [mapping] if isinstance(mapping, LabelMapping) else list(mapping)
+    if len(arrays) != len(mappings):
+        raise ValueError(f"{len(arrays)} label maps but {len(mappings)} label mappings")
+    if len({m.name for m in mappings}) != len(mappings):
+        raise ValueError("label mappings of one run need distinct names (they name the SEG series)")
+
+    layers: list[Layer] = []
+    segs: list[tuple[str, Dataset, list]] = []
+    for index, (array, lm) in enumerate(zip(arrays, mappings)):
+        array = np.asarray(array)
+        check_source_images(datasets, array)
+        built = build_segmentation(datasets, array, lm, pipeline, options, layer_index=index)
+        if built is None:
+            continue
+        seg, structures = built
+        segs.append((lm.name, seg, structures))
+        layers.append(Layer(lm, array, structures))
+    if not segs:
+        return []
+    out: list[Dataset] = [seg for _, seg, _ in segs]
+    if not (options.sr or options.preview):
+        return out
+    if image is None:
+        image = _modality_values(datasets)
+    grid = Grid.from_datasets(datasets)
+    modality = str(datasets[0].get("Modality", ""))
+    if options.sr:
+        findings = measure(layers, grid, image, modality, options.trabecular_erosion_mm)
+        out.append(build_report(datasets, segs, findings, pipeline))
+    if options.preview:
+        # The label map with the most level structures carries the level names best.
+        layer = max(layers, key=lambda ly: sum(s.level is not None for s in ly.structures))
+        numbers = layer.mapping.to_segment_numbers(layer.labelmap, list(layer.structures))
+        grey = image if image is not None else np.zeros(numbers.shape, np.float32)
+        panels = render_panels(grid, grey, numbers, layer.structures, modality)
+        out.extend(build_secondary_captures(datasets[0], panels, pipeline))
+        if png_path is not None:
+            side_by_side(panels).save(png_path, format="PNG")
+    return out

@@ -1,0 +1,140 @@
+"""Label map on the source grid + source images → DICOM Segmentation (highdicom)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
+
+from ..results.identity import (
+    SEG_SERIES_OFFSET,
+    derived_uid,
+    series_description,
+    series_number,
+)
+from ..results.metadata import EncodeOptions, PipelineMetadata
+from ..vocabulary import LabelMapping, Structure, declare_scheme
+
+_LABELMAP_SYNTAX = {"RLE": RLELossless, "JPEGLS": JPEGLSLossless, "NONE": ExplicitVRLittleEndian}
+
+
+def check_source_images(source_images: Sequence[Dataset], labelmap: np.ndarray) -> None:
+    """Raise ``ValueError`` naming the attribute when the sources cannot carry a SEG."""
+    if labelmap.ndim != 3:
+        raise ValueError(f"label map must be (frames, Rows, Columns), got shape {labelmap.shape}")
+    n_frames = sum(int(ds.get("NumberOfFrames") or 1) for ds in source_images)
+    if n_frames != labelmap.shape[0]:
+        raise ValueError(
+            f"label map has {labelmap.shape[0]} frames but the source images have {n_frames}"
+        )
+    for ds in source_images:
+        for attr in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID",
+                     "FrameOfReferenceUID"):
+            if not str(ds.get(attr, "") or ""):
+                raise ValueError(f"source image has an empty {attr}")
+        if (ds.Rows, ds.Columns) != labelmap.shape[1:]:
+            raise ValueError(
+                f"source Rows/Columns {(ds.Rows, ds.Columns)} differ from the label map's "
+                f"{labelmap.shape[1:]}"
+            )
+
+
+def tracking_uid(source: Dataset, pipeline: PipelineMetadata, layer: str, key: str) -> str:
+    """Tracking UID of one structure, shared by its SEG segment and its SR group."""
+    return derived_uid(source, pipeline, "track", layer, key)
+
+
+def segment_descriptions(
+    structures: Sequence[Structure], source: Dataset, pipeline: PipelineMetadata, layer: str
+) -> list[hd.seg.SegmentDescription]:
+    """Segment Sequence items, numbered 1..N in the order of ``structures``."""
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=pipeline.pipeline,
+        family=codes.DCM.ArtificialIntelligence,
+        version=pipeline.algorithm_version,
+        parameters=dict(pipeline.parameters) or None,
+    )
+    out = []
+    for number, s in enumerate(structures, start=1):
+        desc = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=s.label,
+            segmented_property_category=s.category,
+            segmented_property_type=s.type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=tracking_uid(source, pipeline, layer, s.key),
+            tracking_id=s.key,
+            anatomic_regions=[s.anatomic_region] if s.anatomic_region else None,
+            display_color=s.cielab,
+        )
+        if s.type_modifiers:
+            # highdicom has no parameter for (0062,0011); laterality / superior-inferior.
+            desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept.from_code(m) for m in s.type_modifiers
+            ]
+        out.append(desc)
+    return out
+
+
+def build_segmentation(
+    source_images: Sequence[Dataset],
+    labelmap: np.ndarray,
+    mapping: LabelMapping,
+    pipeline: PipelineMetadata,
+    options: EncodeOptions = EncodeOptions(),
+    layer_index: int = 0,
+) -> tuple[hd.seg.Segmentation, list[Structure]] | None:
+    """One SEG instance (its own series) for one label map.
+
+    Args:
+        source_images: the source image datasets, ordered like the frames of ``labelmap``
+            (headers suffice; Pixel Data is not read). They become the Referenced Series
+            Sequence and each frame's Derivation Image Sequence.
+        labelmap: (frames, Rows, Columns) integer array on the source grid: ``labelmap[i]``
+            covers ``source_images[i]`` pixel for pixel.
+        mapping: what each label value means.
+        pipeline: algorithm identification and UID seed.
+        options: segmentation type, compression, ``omit_empty_frames``.
+        layer_index: position of this label map among the run's label maps (series number).
+
+    Returns:
+        The SEG and its structures (segment ``i + 1`` is ``structures[i]``), or ``None``
+        when no mapped structure is present.
+    """
+    labelmap = np.asarray(labelmap)
+    check_source_images(source_images, labelmap)
+    structures = mapping.structures_present(labelmap)
+    if not structures:
+        return None
+    pixels = mapping.to_segment_numbers(labelmap, structures)
+    source = source_images[0]
+    seg_type = options.segmentation_type
+    syntax = ExplicitVRLittleEndian if seg_type == "BINARY" else _LABELMAP_SYNTAX[
+        options.labelmap_compression]
+    kind = f"SEG {mapping.name}" + (" labelmap" if seg_type == "LABELMAP" else "")
+    seg = hd.seg.Segmentation(
+        source_images=list(source_images),
+        pixel_array=pixels,
+        segmentation_type=seg_type,
+        segment_descriptions=segment_descriptions(structures, source, pipeline, mapping.name),
+        series_instance_uid=derived_uid(source, pipeline, "seg", mapping.name, seg_type),
+        series_number=series_number(source, SEG_SERIES_OFFSET + layer_index),
+        sop_instance_uid=derived_uid(source, pipeline, "seg", mapping.name, seg_type, "1"),
+        instance_number=1,
+        manufacturer=pipeline.manufacturer,
+        manufacturer_model_name=pipeline.model_name,
+        software_versions=pipeline.software_version,
+        device_serial_number=pipeline.device_serial_number,
+        content_description=f"{pipeline.pipeline} {pipeline.algorithm_version}"[:64],
+        content_label="SPINE",
+        series_description=series_description(pipeline, kind),
+        transfer_syntax_uid=syntax,
+        omit_empty_frames=options.omit_empty_frames,
+    )
+    declare_scheme(seg)
+    return seg, structures

@@ -1,0 +1,157 @@
+"""Findings + SEG → TID 1500 Measurement Report in a Comprehensive 3D SR (highdicom).
+
+One TID 1411 Volumetric ROI group per segment, referencing that SEG segment and carrying:
+volume (SCT 118565006, mL), mean and SD of intensity (DCM 112031 Attenuation Coefficient in
+HU on CT, DCM 110852 MR signal intensity otherwise, derivation SCT 373098007 Mean /
+386136009 Standard Deviation), centroid (DCM 110901-110903 Image Position (Patient) X/Y/Z
+with method DCM 128138 Center of Mass). Spine measurements sit in the group of the structure
+they describe: body heights (DCM 121207 Height, finding site vertebral body with modifier
+Anterior / Central / Posterior) and height loss ratio (99DCMNODE HLR); disc height; the L1
+trabecular attenuation (method 99DCMNODE TRAB); the L3 centre (99DCMNODE L3POS, referencing
+the nearest source image); per level the canal's minimum area (SCT 42798000 Area, derivation
+SCT 255605001 Minimum, finding site = level).
+
+Every group has a Tracking Identifier (the SEG segment's Tracking UID) and the report an
+Image Library, both of which OHIF dereferences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from ..measurements.findings import Findings
+from ..results.identity import SR_SERIES_OFFSET, derived_uid, series_description, series_number
+from ..results.metadata import PipelineMetadata
+from ..seg.writer import tracking_uid
+from ..vocabulary import Structure, declare_scheme, level_code, private_code
+
+MILLILITER = Code("mL", "UCUM", "milliliter")
+MILLIMETER = codes.UCUM.Millimeter
+SQUARE_MILLIMETER = codes.UCUM.SquareMillimeter
+HOUNSFIELD = codes.UCUM.HounsfieldUnit
+ARBITRARY = codes.UCUM.ArbitraryUnit
+RATIO = codes.UCUM.Ratio
+LABELMAP_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
+
+
+def _referenced_segment(seg: Dataset, number: int, source: Dataset) -> hd.sr.ReferencedSegment:
+    if seg.SOPClassUID == LABELMAP_SOP_CLASS:
+        # highdicom's from_segmentation reads per-frame Segment Identification, which a
+        # LABELMAP SEG lacks; reference the segment and its source series directly.
+        return hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=number,
+            source_series=hd.sr.SourceSeriesForSegmentation(source.SeriesInstanceUID),
+        )
+    return hd.sr.ReferencedSegment.from_segmentation(seg, number)
+
+
+def _measurements(
+    layer: str, s: Structure, findings: Findings, sources: Sequence[Dataset],
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> list[hd.sr.Measurement]:
+    key = (layer, s.key)
+    st = findings.statistics[key]
+
+    def num(name: Code, value: float, unit: Code, **kw) -> hd.sr.Measurement:
+        return hd.sr.Measurement(name=name, value=round(float(value), 4), unit=unit,
+                                 algorithm_id=algorithm, **kw)
+
+    out = [num(codes.SCT.Volume, st.volume_ml, MILLILITER)]
+    if st.mean is not None:
+        name, unit = ((codes.DCM.AttenuationCoefficient, HOUNSFIELD) if findings.intensity_is_hu
+                      else (codes.DCM.MRSignalIntensity, ARBITRARY))
+        out.append(num(name, st.mean, unit, derivation=codes.SCT.Mean))
+        out.append(num(name, st.sd, unit, derivation=codes.SCT.StandardDeviation))
+    for axis, value in zip(("X", "Y", "Z"), st.centroid):
+        out.append(num(getattr(codes.DCM, f"ImagePositionPatient{axis}"), value, MILLIMETER,
+                       method=codes.DCM.CenterOfMass))
+    if key in findings.heights:
+        h = findings.heights[key]
+        for where, value in ((codes.SCT.Anterior, h.anterior_mm), (codes.SCT.Central, h.middle_mm),
+                             (codes.SCT.Posterior, h.posterior_mm)):
+            site = hd.sr.FindingSite(s.type, topographical_modifier=where)
+            out.append(num(codes.DCM.Height, value, MILLIMETER, finding_sites=[site]))
+        out.append(num(private_code("HLR"), h.height_loss_ratio, RATIO))
+    if key in findings.disc_heights:
+        out.append(num(codes.DCM.Height, findings.disc_heights[key], MILLIMETER,
+                       finding_sites=[hd.sr.FindingSite(s.type, topographical_modifier=codes.SCT.Central)]))
+    if findings.trabecular_l1 and findings.trabecular_l1[:2] == key:
+        out.append(num(codes.DCM.AttenuationCoefficient, findings.trabecular_l1[2], HOUNSFIELD,
+                       derivation=codes.SCT.Mean, method=private_code("TRAB")))
+    if findings.l3_centre and findings.l3_centre[:2] == key:
+        image = hd.sr.SourceImageForMeasurement.from_source_image(sources[findings.l3_centre[3]])
+        out.append(num(private_code("L3POS"), findings.l3_centre[2], MILLIMETER,
+                       referenced_images=[image]))
+    if findings.canal_key == key:
+        for level, area in findings.canal_min_area.items():
+            out.append(num(codes.SCT.Area, area, SQUARE_MILLIMETER, derivation=codes.SCT.Minimum,
+                           finding_sites=[hd.sr.FindingSite(level_code(level))]))
+    return out
+
+
+def build_report(
+    source_images: Sequence[Dataset],
+    segmentations: Sequence[tuple[str, Dataset, Sequence[Structure]]],
+    findings: Findings,
+    pipeline: PipelineMetadata,
+) -> hd.sr.Comprehensive3DSR:
+    """The measurement report.
+
+    Args:
+        source_images: the source image datasets (Image Library and evidence).
+        segmentations: (layer name, SEG dataset, structures in segment order) per SEG.
+        findings: the measurements (see :func:`converters.measurements.findings.measure`).
+        pipeline: algorithm identification; UID seed.
+    """
+    source = source_images[0]
+    algorithm = hd.sr.AlgorithmIdentification(name=pipeline.pipeline,
+                                              version=pipeline.algorithm_version)
+    groups = []
+    for layer, seg, structures in segmentations:
+        for number, s in enumerate(structures, start=1):
+            groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=tracking_uid(source, pipeline, layer, s.key), identifier=s.label),
+                referenced_segment=_referenced_segment(seg, number, source),
+                finding_type=s.type,
+                finding_category=s.category,
+                finding_sites=[hd.sr.FindingSite(s.anatomic_region)] if s.anatomic_region else None,
+                algorithm_id=algorithm,
+                measurements=_measurements(layer, s, findings, source_images, algorithm),
+            ))
+    observer = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=derived_uid(source, pipeline, "device"), name=pipeline.pipeline,
+                manufacturer_name=pipeline.manufacturer, model_name=pipeline.model_name),
+        )
+    )
+    procedure = (codes.LN.CTUnspecifiedBodyRegion if source.Modality == "CT"
+                 else codes.LN.MRIUnspecifiedBodyRegion)
+    report = hd.sr.MeasurementReport(
+        observation_context=observer,
+        procedure_reported=procedure,
+        imaging_measurements=groups,
+        referenced_images=list(source_images),
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[*source_images, *(seg for _, seg, _ in segmentations)],
+        content=report,
+        # The referenced SEG class (BINARY/LABELMAP) is part of the identity: a different
+        # output must not replace this one.
+        series_instance_uid=derived_uid(source, pipeline, "sr", segmentations[0][1].SOPClassUID),
+        series_number=series_number(source, SR_SERIES_OFFSET),
+        sop_instance_uid=derived_uid(source, pipeline, "sr", segmentations[0][1].SOPClassUID, "1"),
+        instance_number=1,
+        manufacturer=pipeline.manufacturer,
+        series_description=series_description(pipeline, "Spine measurements"),
+    )
+    declare_scheme(sr)
+    return sr
