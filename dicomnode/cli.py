@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "dicomnode.service.cli",   # serve, status
     "dicomnode.models.cli",    # models, process
     "dicomnode.rules.cli",     # rules test
+    "dicomnode.jobs.cli",      # jobs list|show|retry|cancel
 )
 
 Handler = Callable[[argparse.Namespace], int]

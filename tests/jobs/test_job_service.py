@@ -1,0 +1,304 @@
+"""The job state machine against a real index database and a real Orthanc.
+
+The pipeline run is replaced here by a processor that writes a real DICOM object (a copy of the
+first source slice under a derived UID): these tests are about routing, queueing, retries and
+purging. The end-to-end tests run the real nnU-Net path.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy.orm import sessionmaker
+
+from dicomnode.config import Config, parse_config
+from dicomnode.jobs.models import Delivery, DeliveryState, JobState
+from dicomnode.jobs.service import JobError, JobService, backoff
+from dicomnode.store import create_schema, make_engine
+from dicomnode.store.models import Instance, Job, Series, Study, utcnow
+from tests.orthanc import ORTHANC, Orthanc, free_port
+
+CT_DIR = Path(__file__).resolve().parents[3] / "shared/data/totalsegmentator-ref/example_ct_dicom"
+
+
+def _config(tmp_path: Path, port: int, **sections: Any) -> Config:
+    data = {
+        "storage": {"path": str(tmp_path / "var"), "min_free": 0},
+        "routing": {"rules": [
+            {"name": "ct", "match": {"modality": ["CT"], "image_type_excludes": ["LOCALIZER"]},
+             "pipelines": ["vertebral-bodies-ct"], "destinations": ["pacs"], "priority": 1},
+            {"name": "mr", "match": {"modality": ["MR"]}, "pipelines": ["totalspineseg"],
+             "destinations": ["pacs"]},
+        ]},
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1",
+                                  "port": port}},
+        "dispatch": {"max_attempts": 3, "initial_backoff": 0.01, "max_backoff": 0.02,
+                     "echo_interval": 0},
+        **sections,
+    }
+    return parse_config(data, tmp_path / "config.yaml")
+
+
+class CopyProcessor:
+    """Writes one derived object per job; can be told to fail for a pipeline."""
+
+    def __init__(self) -> None:
+        self.fail: Exception | None = None
+        self.calls: list[str] = []
+
+    def __call__(self, pipeline: str, paths: list[Path], out: Path,
+                 stage: Callable[[str], None]) -> dict[str, Any]:
+        self.calls.append(pipeline)
+        stage("segmenting")
+        if self.fail is not None:
+            raise self.fail
+        stage("encoding")
+        ds = pydicom.dcmread(paths[0])
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(paths[0]), "series"])
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(paths[0]), pipeline])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(out / "00_result.dcm")
+        return {"structures": ["T12"]}
+
+
+class World:
+    """A database with series in it, a spool, a job service, and an Orthanc."""
+
+    def __init__(self, tmp_path: Path, orthanc: Orthanc, **sections: Any):
+        self.orthanc = orthanc
+        self.config = _config(tmp_path, orthanc.dicom_port, **sections)
+        engine = make_engine(self.config.storage.resolved_database_url(), immediate=True)
+        create_schema(engine)
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self.spool = self.config.storage.path / "spool"
+        self.processor = CopyProcessor()
+        self.service = JobService(self.config, self.sessions, self.spool, self.processor)
+
+    def add_series(self, modality: str = "CT", image_type: str = "ORIGINAL\\PRIMARY\\AXIAL",
+                   is_image: bool = True, slices: int = 3) -> int:
+        """Spool ``slices`` real CT slices under new UIDs; return the complete job's id."""
+        study_uid, series_uid = generate_uid(), generate_uid()
+        now = utcnow()
+        with self.sessions.begin() as session:
+            study = Study(study_instance_uid=study_uid, first_received_at=now)
+            series = Series(series_instance_uid=series_uid, study=study, modality=modality,
+                            is_image=is_image, state="complete", first_received_at=now,
+                            last_received_at=now, instance_count=slices)
+            session.add_all([study, series])
+            session.flush()
+            for path in sorted(CT_DIR.iterdir())[:slices]:
+                ds = pydicom.dcmread(path)
+                ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+                ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+                ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+                ds.Modality, ds.ImageType = modality, image_type
+                relative = f"{study_uid}/{series_uid}/{ds.SOPInstanceUID}.dcm"
+                (self.spool / relative).parent.mkdir(parents=True, exist_ok=True)
+                ds.save_as(self.spool / relative)
+                session.add(Instance(sop_instance_uid=ds.SOPInstanceUID, series_id=series.id,
+                                     sop_class_uid=ds.SOPClassUID, path=relative, size=1,
+                                     transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+                                     received_at=now))
+            job = Job(series_id=series.id, revision=1, state=JobState.COMPLETE,
+                      instance_count=slices, created_at=now, updated_at=now)
+            job.transition(JobState.COMPLETE)
+            session.add(job)
+            session.flush()
+            return job.id
+
+    def job(self, job_id: int) -> Job:
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            return job
+
+    def deliveries(self, job_id: int) -> list[Delivery]:
+        with self.sessions() as session:
+            return list(session.query(Delivery).filter(Delivery.job_id == job_id))
+
+    def run_all(self) -> None:
+        self.service.route_pending()
+        while (job_id := self.service.claim_next()) is not None:
+            self.service.run_job(job_id)
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory):
+    if ORTHANC is None:
+        pytest.skip("Orthanc (Debian 'orthanc') not installed")
+    server = Orthanc(tmp_path_factory.mktemp("orthanc"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_backoff_doubles_and_caps() -> None:
+    assert [backoff(n, 10, 60) for n in range(1, 6)] == [10, 20, 40, 60, 60]
+
+
+def test_series_is_routed_run_and_delivered(tmp_path: Path, orthanc: Orthanc) -> None:
+    world = World(tmp_path, orthanc)
+    job_id = world.add_series()
+    world.run_all()
+    job = world.job(job_id)
+    assert (job.state, job.pipeline, job.rule, job.destinations) == (
+        JobState.DISPATCHING, "vertebral-bodies-ct", "ct", ["pacs"])
+    assert world.service.dispatch_due() == 1
+    job = world.job(job_id)
+    assert job.state == JobState.DONE
+    for stage in ("complete", "routed", "loading", "segmenting", "encoding", "dispatching", "done"):
+        assert stage in job.stage_times, stage
+    (delivery,) = world.deliveries(job_id)
+    assert delivery.state == DeliveryState.DELIVERED and delivery.attempts == 1
+    assert set(delivery.stored) <= set(orthanc.sop_instance_uids())
+
+
+def test_non_image_and_unmatched_series_are_ignored_with_a_reason(tmp_path: Path,
+                                                                   orthanc: Orthanc) -> None:
+    world = World(tmp_path, orthanc)
+    sr = world.add_series(is_image=False)
+    scout = world.add_series(image_type="ORIGINAL\\PRIMARY\\LOCALIZER")
+    world.run_all()
+    assert (world.job(sr).state, world.job(sr).error_kind) == (JobState.IGNORED, "not-an-image")
+    assert (world.job(scout).state, world.job(scout).error_kind) == (JobState.IGNORED,
+                                                                     "no-rule-matches")
+    assert world.processor.calls == []
+
+
+def test_all_match_mode_makes_one_job_per_pipeline(tmp_path: Path, orthanc: Orthanc) -> None:
+    world = World(tmp_path, orthanc)
+    world.config.routing.mode = "all"
+    world.config.routing.rules[1].match.modality = ["CT"]
+    job_id = world.add_series()
+    routed = world.service.route_job(job_id)
+    assert len(routed) == 2
+    assert sorted(world.job(j).pipeline for j in routed) == ["totalspineseg",
+                                                             "vertebral-bodies-ct"]
+
+
+def test_priority_orders_the_queue(tmp_path: Path, orthanc: Orthanc) -> None:
+    world = World(tmp_path, orthanc)
+    mr = world.add_series(modality="MR")
+    ct = world.add_series(modality="CT")
+    world.service.route_pending()
+    assert world.service.claim_next() == ct  # rule "ct" has priority 1, "mr" 0
+    assert world.service.claim_next() == mr
+    assert world.service.claim_next() is None
+
+
+def test_failing_series_fails_with_its_reason_and_the_next_still_runs(tmp_path: Path,
+                                                                      orthanc: Orthanc) -> None:
+    class SliceMissingError(ValueError):
+        pass
+
+    world = World(tmp_path, orthanc)
+    bad = world.add_series()
+    world.processor.fail = SliceMissingError("slice missing between positions 42.0 and 48.0 mm")
+    world.run_all()
+    job = world.job(bad)
+    assert (job.state, job.error_kind) == (JobState.FAILED, "slice-missing")
+    assert "42.0 and 48.0" in (job.error_message or "")
+    assert not world.service.results_dir(bad).exists()
+    world.processor.fail = None
+    good = world.add_series()
+    world.run_all()
+    assert world.job(good).state == JobState.DISPATCHING
+
+
+def test_destination_down_is_retried_then_dead_then_requeued_by_hand(tmp_path: Path,
+                                                                     orthanc: Orthanc) -> None:
+    world = World(tmp_path, orthanc)
+    world.config.destinations["pacs"].port = free_port()  # nobody listens there
+    job_id = world.add_series()
+    world.run_all()
+    world.service.dispatch_due()
+    (delivery,) = world.deliveries(job_id)
+    assert (delivery.state, delivery.attempts, delivery.error_kind) == (
+        DeliveryState.PENDING, 1, "unreachable")
+    assert world.job(job_id).state == JobState.DISPATCHING
+    for _ in range(2):
+        world.service.dispatch_due(now=utcnow() + timedelta(seconds=5))
+    (delivery,) = world.deliveries(job_id)
+    assert (delivery.state, delivery.attempts) == (DeliveryState.DEAD, 3)
+    job = world.job(job_id)
+    assert (job.state, job.error_kind) == (JobState.DEAD, "unreachable")
+    world.config.destinations["pacs"].port = orthanc.dicom_port  # the PACS is back
+    assert world.service.retry(job_id) == "dispatching"
+    world.service.dispatch_due()
+    assert world.job(job_id).state == JobState.DONE
+    assert world.processor.calls == ["vertebral-bodies-ct"]  # results re-sent, not recomputed
+
+
+def test_restart_requeues_jobs_a_worker_held(tmp_path: Path, orthanc: Orthanc) -> None:
+    world = World(tmp_path, orthanc)
+    job_id = world.add_series()
+    world.service.route_pending()
+    assert world.service.claim_next() == job_id
+    partial = world.service.results_dir(job_id).with_name(f"{job_id:08d}.partial")
+    partial.mkdir(parents=True)
+    # the process dies here; a new service over the same database recovers
+    again = JobService(world.config, world.sessions, world.spool, world.processor)
+    assert again.recover() == 1
+    assert world.job(job_id).state == JobState.ROUTED and not partial.exists()
+    world.run_all()
+    assert world.job(job_id).state == JobState.DISPATCHING
+
+
+def test_cancel_and_retry_rules(tmp_path: Path, orthanc: Orthanc) -> None:
+    world = World(tmp_path, orthanc)
+    job_id = world.add_series()
+    world.service.route_pending()
+    world.service.cancel(job_id)
+    assert world.service.claim_next() is None
+    with pytest.raises(JobError, match="already cancelled"):
+        world.service.cancel(job_id)
+    assert world.service.retry(job_id) == "routed"
+    with pytest.raises(JobError, match="only failed, dead, cancelled"):
+        world.service.retry(job_id)
+    with pytest.raises(JobError, match="no job 999"):
+        world.service.retry(999)
+
+
+def test_retention_never_purges_undelivered_results(tmp_path: Path, orthanc: Orthanc) -> None:
+    world = World(tmp_path, orthanc, retention={"keep_done_hours": 1})
+    delivered, waiting = world.add_series(), world.add_series()
+    world.run_all()
+    world.config.destinations["pacs"].port = free_port()
+    world.service.dispatch_due()  # both fail once
+    world.config.destinations["pacs"].port = orthanc.dicom_port
+    with world.sessions.begin() as session:  # only the first gets delivered
+        delivery = session.query(Delivery).filter(Delivery.job_id == waiting).one()
+        delivery.next_attempt_at = utcnow() + timedelta(days=1)
+    world.service.dispatch_due(now=utcnow() + timedelta(seconds=1))
+    assert world.job(delivered).state == JobState.DONE
+    assert world.job(waiting).state == JobState.DISPATCHING
+    assert world.service.purge() == []  # nothing is old enough yet
+    later = utcnow() + timedelta(hours=2)
+    assert world.service.purge(now=later) == [delivered]
+    assert not world.service.results_dir(delivered).exists()
+    assert world.service.results_dir(waiting).exists()
+    with world.sessions() as session:
+        spooled = session.query(Instance).join(Job, Job.series_id == Instance.series_id)
+        assert {j.id for j in session.query(Job)} == {delivered, waiting}
+        assert spooled.filter(Job.id == delivered).count() == 0
+        assert spooled.filter(Job.id == waiting).count() == 3
+    assert world.service.purge(now=later) == []  # purged once only
+
+
+def test_emergency_purge_takes_the_oldest_delivered_job_first(tmp_path: Path,
+                                                              orthanc: Orthanc) -> None:
+    world = World(tmp_path, orthanc, retention={"keep_done_hours": 0})
+    world.config.storage.min_free = 10**9
+    first, second = world.add_series(), world.add_series()
+    world.run_all()
+    world.service.dispatch_due()
+    assert world.service.purge() == []  # keep_done_hours 0: never, unless disk is short
+    assert world.service.purge(free_bytes=10**6) == [first]
+    assert world.service.purge(free_bytes=10**6) == [second]
+    shutil.rmtree(tmp_path / "var", ignore_errors=True)
