@@ -1,0 +1,129 @@
+"""The spool: received instances as DICOM files, laid out ``<study>/<series>/<sop>.dcm``.
+
+A file is first written under ``.incoming/`` (never inside a series folder), flushed to disk,
+then renamed into place and its folder synced, so a series folder only ever holds complete
+files, even after a crash or power cut. Leftovers in ``.incoming/`` after a crash were never
+acknowledged and are removed at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import threading
+import uuid
+from pathlib import Path
+
+#: Folder (inside the spool) for files being written.
+INCOMING = ".incoming"
+#: Folder (inside the spool) keeping refused data sets for inspection.
+QUARANTINE = ".quarantine"
+
+_SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
+
+
+def safe_name(uid: str) -> str:
+    """A UID as a file name; anything that is not a plain UID is hashed (never a path)."""
+    if _SAFE_UID.match(uid) and uid not in (".", ".."):
+        return uid
+    return "x" + hashlib.sha256(uid.encode()).hexdigest()[:32]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Durable file storage of received instances under one root folder."""
+
+    def __init__(self, root: Path, *, fsync: bool = True):
+        self.root = root
+        self.fsync = fsync
+        self.incoming = root / INCOMING
+        self.quarantine = root / QUARANTINE
+        # Folders known to exist and be durable; avoids a mkdir + sync per instance.
+        self._known_dirs: set[Path] = set()
+        self._dirs_lock = threading.Lock()
+
+    def prepare(self) -> int:
+        """Create the folders and drop partial files left by a crash; return how many."""
+        for folder in (self.root, self.incoming, self.quarantine):
+            folder.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        for leftover in self.incoming.iterdir():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def free_bytes(self) -> int:
+        """Free space on the spool's file system, in bytes."""
+        return shutil.disk_usage(self.root).free
+
+    def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        """Where an instance lives, relative to the spool root."""
+        return f"{safe_name(study_uid)}/{safe_name(series_uid)}/{safe_name(sop_uid)}.dcm"
+
+    def write(self, relative: str, chunks: list[bytes]) -> int:
+        """Write ``chunks`` durably at ``relative``; return the size in bytes.
+
+        Raises OSError when the file cannot be written; nothing is left in the series folder.
+        """
+        target = self.root / relative
+        temporary = self.incoming / f"{uuid.uuid4().hex}.part"
+        size = 0
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                    size += written
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            temporary.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        try:
+            self._ensure_dir(target.parent)
+            os.replace(temporary, target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        if self.fsync:
+            _fsync_dir(target.parent)  # makes the rename itself durable
+        return size
+
+    def _ensure_dir(self, folder: Path) -> None:
+        if folder in self._known_dirs:
+            return
+        with self._dirs_lock:
+            missing = []
+            current = folder
+            while current != self.root and not current.exists():
+                missing.append(current)
+                current = current.parent
+            for path in reversed(missing):
+                path.mkdir(exist_ok=True)
+                if self.fsync:
+                    _fsync_dir(path.parent)
+            self._known_dirs.add(folder)
+
+    def keep_rejected(self, chunks: list[bytes]) -> str | None:
+        """Keep a refused data set under ``.quarantine/`` (best effort, not synced)."""
+        name = f"{uuid.uuid4().hex}.dcm"
+        try:
+            with open(self.quarantine / name, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+        except OSError:
+            return None
+        return f"{QUARANTINE}/{name}"

@@ -1,0 +1,1 @@
+"""The node process (serve) and its status report."""

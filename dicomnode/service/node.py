@@ -1,0 +1,76 @@
+"""The running node: the receiver and the assembler over one index database and spool."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from sqlalchemy import Engine
+
+from dicomnode.assembler import Assembler
+from dicomnode.config import Config
+from dicomnode.logs import log_event
+from dicomnode.receiver import Receiver, Spool
+from dicomnode.store import InstanceIndex, create_schema, make_engine
+
+LOGGER = logging.getLogger("dicomnode.service")
+
+
+def spool_root(config: Config) -> Path:
+    """The spool folder: ``<storage.path>/spool``."""
+    return config.storage.path / "spool"
+
+
+class Node:
+    """Wires receiver → spool + index → assembler; :meth:`serve` runs until SIGTERM/SIGINT."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        url = config.storage.resolved_database_url()
+        fsync = config.storage.fsync
+        self.write_engine: Engine = make_engine(url, fsync=fsync, immediate=True)
+        self.scheduler_engine: Engine = make_engine(url, fsync=fsync)
+        self.spool = Spool(spool_root(config), fsync=fsync)
+        self.index = InstanceIndex(self.write_engine)
+        self.assembler = Assembler(self.write_engine, self.scheduler_engine,
+                                   config.assembly.series_timeout)
+        self.receiver = Receiver(config.node, config.storage, self.index, self.spool,
+                                 self.assembler.series_started)
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        """Recover from any crash, then start timers and listen."""
+        create_schema(self.write_engine)
+        partial = self.spool.prepare()
+        cut_off = self.index.close_open_associations()
+        log_event(LOGGER, "node.starting", spool=str(self.spool.root),
+                  database=self.write_engine.url.render_as_string(hide_password=True),
+                  partial_files_removed=partial, associations_cut_off=cut_off)
+        self.assembler.start()
+        self.receiver.start()
+
+    def stop(self) -> None:
+        """Graceful stop: no new associations, running C-STOREs answered, timers kept."""
+        self.receiver.stop()
+        self.assembler.stop()
+        self.write_engine.dispose()
+        self.scheduler_engine.dispose()
+        log_event(LOGGER, "node.stopped")
+
+    def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
+        log_event(LOGGER, "node.stopping", signal=signum)
+        self._stopping.set()
+
+    def serve(self) -> None:
+        """Start, block until SIGTERM or SIGINT, stop."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.start()
+        try:
+            while not self._stopping.wait(1.0):
+                pass
+        finally:
+            self.stop()

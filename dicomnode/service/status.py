@@ -1,0 +1,137 @@
+"""What the node holds and where each series is, read from the index (``dicomnode status``).
+
+The JSON shape (``dicomnode status --json``)::
+
+    {
+      "series": [{"series_instance_uid", "study_instance_uid", "uid_synthesized", "modality",
+                  "series_description", "series_number", "is_image", "instances", "state",
+                  "revision", "first_received_at", "last_received_at", "completed_at"}],
+      "jobs": [{"id", "series_instance_uid", "revision", "state", "instances", "created_at",
+                "updated_at", "stage_times", "attempts", "error_kind", "error_message"}],
+      "instances": <number of instances held>,
+      "associations": {"total", "by_outcome": {outcome: n}, "recent": [{"id", "calling_ae_title",
+                       "called_ae_title", "address", "started_at", "ended_at", "outcome",
+                       "reason", "instances_stored", "duplicates", "failures"}]},
+      "rejections": {"total", "by_kind": {kind: n}, "recent": [{"received_at",
+                     "sop_instance_uid", "sop_class_uid", "kind", "status", "message"}]}
+    }
+
+Times are ISO 8601 UTC. No patient names or IDs are shown.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from dicomnode.store import Association, Instance, Job, Rejection, Series
+
+#: How many recent associations and rejections are listed.
+RECENT = 20
+
+
+def _time(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).isoformat()
+
+
+def collect_status(engine: Engine) -> dict[str, Any]:
+    """Everything ``dicomnode status`` shows, as plain JSON-able data."""
+    with Session(engine) as session:
+        series = session.scalars(select(Series).order_by(Series.first_received_at)).all()
+        uid_of = {s.id: s.series_instance_uid for s in series}
+        jobs = session.scalars(select(Job).order_by(Job.id)).all()
+        instances = session.scalar(select(func.count()).select_from(Instance)) or 0
+        assoc_counts = dict(session.execute(
+            select(Association.outcome, func.count()).group_by(Association.outcome)).all())
+        recent_assocs = session.scalars(
+            select(Association).order_by(Association.id.desc()).limit(RECENT)).all()
+        reject_counts = dict(session.execute(
+            select(Rejection.kind, func.count()).group_by(Rejection.kind)).all())
+        recent_rejects = session.scalars(
+            select(Rejection).order_by(Rejection.id.desc()).limit(RECENT)).all()
+        return {
+            "series": [{
+                "series_instance_uid": s.series_instance_uid,
+                "study_instance_uid": s.study.study_instance_uid,
+                "uid_synthesized": s.uid_synthesized,
+                "modality": s.modality, "series_description": s.series_description,
+                "series_number": s.series_number, "is_image": s.is_image,
+                "instances": s.instance_count, "state": s.state, "revision": s.revision,
+                "first_received_at": _time(s.first_received_at),
+                "last_received_at": _time(s.last_received_at),
+                "completed_at": _time(s.completed_at),
+            } for s in series],
+            "jobs": [{
+                "id": j.id, "series_instance_uid": uid_of.get(j.series_id),
+                "revision": j.revision, "state": j.state, "instances": j.instance_count,
+                "created_at": _time(j.created_at), "updated_at": _time(j.updated_at),
+                "stage_times": j.stage_times, "attempts": j.attempts,
+                "error_kind": j.error_kind, "error_message": j.error_message,
+            } for j in jobs],
+            "instances": instances,
+            "associations": {
+                "total": sum(assoc_counts.values()), "by_outcome": assoc_counts,
+                "recent": [{
+                    "id": a.id, "calling_ae_title": a.calling_ae_title,
+                    "called_ae_title": a.called_ae_title, "address": a.address,
+                    "started_at": _time(a.started_at), "ended_at": _time(a.ended_at),
+                    "outcome": a.outcome, "reason": a.reason,
+                    "instances_stored": a.instances_stored, "duplicates": a.duplicates,
+                    "failures": a.failures,
+                } for a in recent_assocs],
+            },
+            "rejections": {
+                "total": sum(reject_counts.values()), "by_kind": reject_counts,
+                "recent": [{
+                    "received_at": _time(r.received_at), "sop_instance_uid": r.sop_instance_uid,
+                    "sop_class_uid": r.sop_class_uid, "kind": r.kind,
+                    "status": f"0x{r.status:04X}", "message": r.message,
+                } for r in recent_rejects],
+            },
+        }
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()
+             for row in [headers, *rows]]
+    return "\n".join(lines)
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """A person-readable rendering of :func:`collect_status`."""
+    parts = [f"Series ({len(status['series'])}, {status['instances']} instances)"]
+    if status["series"]:
+        parts.append(_table([[s["series_instance_uid"], s["modality"] or "",
+                              (s["series_description"] or "")[:32], str(s["instances"]),
+                              s["state"], str(s["revision"]), s["first_received_at"] or "",
+                              s["last_received_at"] or "", s["completed_at"] or ""]
+                             for s in status["series"]],
+                            ["SERIES INSTANCE UID", "MOD", "DESCRIPTION", "INST", "STATE", "REV",
+                             "FIRST RECEIVED", "LAST RECEIVED", "COMPLETED"]))
+    parts.append(f"\nJobs ({len(status['jobs'])})")
+    if status["jobs"]:
+        parts.append(_table([[str(j["id"]), j["series_instance_uid"] or "", str(j["revision"]),
+                              j["state"], j["updated_at"] or "",
+                              f"{j['error_kind']}: {j['error_message']}" if j["error_kind"]
+                              else ""] for j in status["jobs"]],
+                            ["ID", "SERIES INSTANCE UID", "REV", "STATE", "UPDATED", "ERROR"]))
+    assoc = status["associations"]
+    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(assoc["by_outcome"].items())) or "none"
+    parts.append(f"\nAssociations ({assoc['total']}): {outcomes}")
+    rejected = [a for a in assoc["recent"] if a["outcome"] == "rejected"]
+    for a in rejected[:5]:
+        parts.append(f"  rejected {a['started_at']} {a['calling_ae_title']}@{a['address']}: "
+                     f"{a['reason']}")
+    rej = status["rejections"]
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(rej["by_kind"].items())) or "none"
+    parts.append(f"\nRefused instances ({rej['total']}): {kinds}")
+    for r in rej["recent"][:5]:
+        parts.append(f"  {r['received_at']} {r['status']} {r['kind']} "
+                     f"{r['sop_instance_uid'] or '-'}: {r['message']}")
+    return "\n".join(parts)

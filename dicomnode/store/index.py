@@ -1,0 +1,210 @@
+"""Writes on the receive path: index an instance, record a rejection, audit associations.
+
+These run once per C-STORE on the association's thread, so they use SQLAlchemy Core in one short
+transaction each. The row is committed before the receiver answers 0x0000.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, Insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from dicomnode.store.models import Association, Instance, Rejection, Series, Study, utcnow
+
+_studies = Study.__table__
+_series = Series.__table__
+_instances = Instance.__table__
+_associations = Association.__table__
+_rejections = Rejection.__table__
+
+
+@dataclass(frozen=True)
+class StudyKey:
+    """Study-level attributes of a received instance (Patient/Study modules)."""
+
+    study_instance_uid: str
+    uid_synthesized: bool
+    patient_id: str | None
+    patient_name: str | None
+    study_date: str | None
+    accession_number: str | None
+    study_description: str | None
+
+
+@dataclass(frozen=True)
+class SeriesKey:
+    """Series-level attributes of a received instance (General Series module)."""
+
+    series_instance_uid: str
+    uid_synthesized: bool
+    modality: str | None
+    series_description: str | None
+    series_number: str | None
+    sop_class_uid: str
+    is_image: bool
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One instance already durable in the spool, ready to be indexed."""
+
+    study: StudyKey
+    series: SeriesKey
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    instance_number: str | None
+    path: str
+    size: int
+    association_id: int | None
+
+
+@dataclass(frozen=True)
+class IndexOutcome:
+    """What indexing did: ``arm_timer`` is True when the series started (or restarted)
+    receiving and so needs a completion timer."""
+
+    series_id: int
+    series_instance_uid: str
+    arm_timer: bool
+
+
+def _insert(conn: Connection, table: object) -> Insert:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)  # type: ignore[arg-type]
+
+
+class InstanceIndex:
+    """The receive path's view of the database (one per running node)."""
+
+    def __init__(self, engine: Engine):
+        #: An engine whose transactions take the write lock at BEGIN (see database.py).
+        self.engine = engine
+
+    def find_instance(self, sop_instance_uid: str) -> str | None:
+        """Spool path of an instance already held, or None."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(_instances.c.path).where(
+                _instances.c.sop_instance_uid == sop_instance_uid)).scalar_one_or_none()
+
+    def count_duplicate(self, sop_instance_uid: str, association_id: int | None) -> None:
+        """A resend of an instance we hold: acknowledged, counted, nothing rewritten."""
+        with self.engine.begin() as conn:
+            conn.execute(update(_instances)
+                         .where(_instances.c.sop_instance_uid == sop_instance_uid)
+                         .values(receive_count=_instances.c.receive_count + 1))
+            if association_id is not None:
+                conn.execute(update(_associations)
+                             .where(_associations.c.id == association_id)
+                             .values(duplicates=_associations.c.duplicates + 1))
+
+    def add_instance(self, record: InstanceRecord) -> IndexOutcome:
+        """Index a durable spool file: study and series rows are created on first sight.
+
+        A new instance in a ``complete`` series reopens it (state ``receiving``, revision + 1).
+        """
+        now = utcnow()
+        with self.engine.begin() as conn:
+            series_row = conn.execute(
+                select(_series.c.id, _series.c.state, _series.c.instance_count)
+                .where(_series.c.series_instance_uid == record.series.series_instance_uid)
+            ).first()
+            if series_row is None:
+                series_id = self._create_series(conn, record, now)
+                previous_state, created = "receiving", True
+            else:
+                series_id, previous_state, created = series_row.id, series_row.state, False
+            inserted = conn.execute(
+                _insert(conn, _instances).values(
+                    sop_instance_uid=record.sop_instance_uid, series_id=series_id,
+                    sop_class_uid=record.sop_class_uid,
+                    transfer_syntax_uid=record.transfer_syntax_uid,
+                    instance_number=record.instance_number, path=record.path, size=record.size,
+                    received_at=now, receive_count=1, association_id=record.association_id,
+                ).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            ).rowcount
+            if not inserted:  # another association indexed it first: a resend
+                conn.execute(update(_instances)
+                             .where(_instances.c.sop_instance_uid == record.sop_instance_uid)
+                             .values(receive_count=_instances.c.receive_count + 1))
+                return IndexOutcome(series_id, record.series.series_instance_uid, False)
+            reopened = previous_state != "receiving"
+            values: dict[str, object] = {
+                "instance_count": _series.c.instance_count + 1, "last_received_at": now}
+            if reopened:
+                values.update(state="receiving", revision=_series.c.revision + 1,
+                              completed_at=None)
+            conn.execute(update(_series).where(_series.c.id == series_id).values(**values))
+            if record.association_id is not None:
+                conn.execute(update(_associations)
+                             .where(_associations.c.id == record.association_id)
+                             .values(instances_stored=_associations.c.instances_stored + 1))
+        return IndexOutcome(series_id, record.series.series_instance_uid, created or reopened)
+
+    @staticmethod
+    def _create_series(conn: Connection, record: InstanceRecord, now: datetime) -> int:
+        study, series = record.study, record.series
+        conn.execute(_insert(conn, _studies).values(
+            study_instance_uid=study.study_instance_uid, uid_synthesized=study.uid_synthesized,
+            patient_id=study.patient_id, patient_name=study.patient_name,
+            study_date=study.study_date, accession_number=study.accession_number,
+            study_description=study.study_description, first_received_at=now,
+        ).on_conflict_do_nothing(index_elements=["study_instance_uid"]))
+        study_id = conn.execute(select(_studies.c.id).where(
+            _studies.c.study_instance_uid == study.study_instance_uid)).scalar_one()
+        conn.execute(_insert(conn, _series).values(
+            series_instance_uid=series.series_instance_uid, study_id=study_id,
+            uid_synthesized=series.uid_synthesized, modality=series.modality,
+            series_description=series.series_description, series_number=series.series_number,
+            sop_class_uid=series.sop_class_uid, is_image=series.is_image, state="receiving",
+            revision=1, instance_count=0, first_received_at=now, last_received_at=now,
+        ).on_conflict_do_nothing(index_elements=["series_instance_uid"]))
+        return int(conn.execute(select(_series.c.id).where(
+            _series.c.series_instance_uid == series.series_instance_uid)).scalar_one())
+
+    def add_rejection(self, *, association_id: int | None, sop_instance_uid: str | None,
+                      sop_class_uid: str | None, kind: str, message: str, status: int,
+                      quarantine_path: str | None = None) -> None:
+        """Record a C-STORE answered with a failure status (never indexed as an instance)."""
+        with self.engine.begin() as conn:
+            conn.execute(_rejections.insert().values(
+                association_id=association_id, received_at=utcnow(),
+                sop_instance_uid=sop_instance_uid, sop_class_uid=sop_class_uid, kind=kind,
+                message=message, status=status, quarantine_path=quarantine_path))
+            if association_id is not None:
+                conn.execute(update(_associations)
+                             .where(_associations.c.id == association_id)
+                             .values(failures=_associations.c.failures + 1))
+
+    def open_association(self, *, calling_ae_title: str, called_ae_title: str, address: str,
+                         port: int | None, tls: bool, outcome: str = "open",
+                         reason: str | None = None) -> int:
+        """Start the audit row of an association; rejected ones are closed at once."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(_associations.insert().values(
+                calling_ae_title=calling_ae_title, called_ae_title=called_ae_title,
+                address=address, port=port, tls=tls, started_at=now,
+                ended_at=None if outcome == "open" else now, outcome=outcome, reason=reason,
+                instances_stored=0, duplicates=0, failures=0))
+            return int(result.inserted_primary_key[0])
+
+    def close_association(self, association_id: int, outcome: str) -> None:
+        """Finish the audit row: ``released`` or ``aborted``."""
+        with self.engine.begin() as conn:
+            conn.execute(update(_associations)
+                         .where(_associations.c.id == association_id,
+                                _associations.c.outcome == "open")
+                         .values(outcome=outcome, ended_at=utcnow()))
+
+    def close_open_associations(self) -> int:
+        """After a crash, associations still ``open`` were cut off: mark them ``aborted``."""
+        with self.engine.begin() as conn:
+            return conn.execute(update(_associations)
+                                .where(_associations.c.outcome == "open")
+                                .values(outcome="aborted", reason="node-restarted",
+                                        ended_at=utcnow())).rowcount
