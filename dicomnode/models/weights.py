@@ -156,29 +156,30 @@ def install(entry: ModelEntry, store: ModelStore, sources: Sequence[Path], *,
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{entry.name}-", dir=store.root))
     try:
         checksums = {}
+        subdirs = {d.subdir for d in entry.downloads}
+        # Releases in one part (a Hugging Face snapshot, one zip) go to their one subdir.
+        single = next(iter(subdirs)) if len(subdirs) == 1 else None
         for path in map(Path, sources):
             if not path.exists():
                 raise InstallError(f"{path} does not exist")
             if path.is_dir():
-                parts = {d.subdir for d in entry.downloads}
-                inside = staging / (next(iter(parts)) if len(parts) == 1 else "")
                 # A folder that is itself a model folder is kept under its own name, as nnU-Net needs.
                 is_model_folder = (path / "plans.json").is_file() or (path / "inference_config.json").is_file()
+                inside = staging / (single or "")
                 shutil.copytree(path, inside / path.name if is_model_folder else inside,
                                 dirs_exist_ok=True)
                 continue
             item = next((d for d in entry.downloads if d.filename == path.name), None)
-            if item is None and len(entry.downloads) == 1:
-                item = entry.downloads[0]
-            if item is None or not path.suffix.lower() == ".zip":
+            subdir = item.subdir if item is not None else single
+            if subdir is None or path.suffix.lower() != ".zip":
                 names = ", ".join(d.filename for d in entry.downloads)
                 raise InstallError(f"{path.name} is not a release file of {entry.name} (expected {names} "
                                    f"or a folder)")
             checksums[path.name] = sha256_of(path)
-            if item.sha256 and checksums[path.name] != item.sha256.lower():
+            if item is not None and item.sha256 and checksums[path.name] != item.sha256.lower():
                 raise ChecksumMismatch(f"{path}: SHA-256 {checksums[path.name]} does not match the "
                                        f"published {item.sha256}")
-            _extract(path, staging / item.subdir)
+            _extract(path, staging / subdir)
         missing = [c.role for c in entry.components if c.locate(staging) is None]
         if missing:
             raise InstallError(f"{', '.join(map(str, sources))} does not hold the {', '.join(missing)} "

@@ -1,0 +1,164 @@
+"""The warm runtime, the pipeline contract and ``dicomnode process`` failure handling (real nnU-Net, CPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from dicomnode.cli import main
+from dicomnode.models.pipelines import PipelineError, get_pipeline
+from dicomnode.models.registry import ModelNotInstalled, ModelStore, get_entry
+from dicomnode.models.runtime import (
+    DeviceError,
+    InferenceSettings,
+    ModelFolder,
+    ModelLoadError,
+    NnUNetRuntime,
+    resolve_device,
+)
+from dicomnode.models.weights import install
+from tests.models.test_faithfulness import ct_volume
+
+SETTINGS = InferenceSettings()
+
+
+def _array(shape: tuple[int, int, int] = (12, 20, 20)) -> np.ndarray:
+    return np.random.default_rng(1).normal(200, 300, (1, *shape)).astype(np.float32)
+
+
+def test_model_folder_picks_folds_and_checkpoint(model_folders: dict[str, Path], tmp_path: Path) -> None:
+    assert ModelFolder.open(model_folders["m"]).folds == ("all",)
+    assert ModelFolder.open(model_folders["l"]).folds == (0, 1, 2, 3, 4)
+    # TotalSpineSeg prefers checkpoint_best.pth and falls back to checkpoint_final.pth.
+    folder = ModelFolder.open(model_folders["daext"], (0,), ("checkpoint_best.pth", "checkpoint_final.pth"))
+    assert folder.checkpoint == "checkpoint_final.pth"
+    with pytest.raises(ModelLoadError, match="lack checkpoint_final.pth"):
+        ModelFolder.open(model_folders["m"], (0,))
+    with pytest.raises(ModelLoadError, match="dataset.json is missing"):
+        ModelFolder.open(tmp_path)
+
+
+def test_predictors_stay_warm_and_are_released(model_folders: dict[str, Path]) -> None:
+    runtime = NnUNetRuntime("cpu", max_models=1)
+    folder = ModelFolder.open(model_folders["m"])
+    first = runtime.model(folder, SETTINGS)
+    assert runtime.model(folder, SETTINGS) is first  # no reload
+    assert runtime.loaded() == [folder]
+    other = ModelFolder.open(model_folders["daext"])
+    runtime.model(other, SETTINGS)
+    assert runtime.loaded() == [other]  # max_models=1: the least recently used one left
+    runtime.release()
+    assert runtime.loaded() == []
+
+
+def test_unknown_trainer_class_loads_without_touching_site_packages(model_folders: dict[str, Path]) -> None:
+    import nnunetv2
+
+    trainers = Path(nnunetv2.__path__[0]) / "training" / "nnUNetTrainer"
+    before = sorted(p.name for p in trainers.rglob("*.py"))
+    loaded = NnUNetRuntime("cpu").model(ModelFolder.open(model_folders["daext"]), SETTINGS)
+    assert loaded.trainer_name == "nnUNetTrainerDAExtGPU"
+    assert "not installed" in loaded.trainer_note
+    assert sorted(p.name for p in trainers.rglob("*.py")) == before
+
+
+def test_weights_that_do_not_fit_the_plans_are_refused(model_folders: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    shutil.copytree(model_folders["m"], folder)
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] = [8, 16, 32]
+    (folder / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(ModelLoadError, match="do not fit the network"):
+        NnUNetRuntime("cpu").model(ModelFolder.open(folder), SETTINGS)
+
+
+def test_concurrent_jobs_share_one_device_safely(model_folders: dict[str, Path]) -> None:
+    runtime = NnUNetRuntime("cpu")
+    folder = ModelFolder.open(model_folders["m"])
+    image = _array()
+    expected = runtime.predict(folder, SETTINGS, image, (2.0, 1.5, 1.5))
+    results: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        runtime.predict(folder, SETTINGS, image, (2.0, 1.5, 1.5)))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3 and all(np.array_equal(r, expected) for r in results)
+    with pytest.raises(ModelLoadError, match="expects 1 channel"):
+        runtime.predict(folder, SETTINGS, np.zeros((2, 8, 8, 8), np.float32), (1, 1, 1))
+
+
+def test_device_resolution() -> None:
+    import torch
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no usable CUDA GPU"):
+            resolve_device("cuda:3")
+
+
+def test_pipeline_result_is_on_the_volume_grid(model_folders: dict[str, Path], tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models")
+    pipeline = get_pipeline("vertebral-bodies-ct")(store, NnUNetRuntime("cpu"))
+    with pytest.raises(ModelNotInstalled, match="dicomnode models pull vertebral-bodies-ct-m"):
+        pipeline.run(type("V", (), {"image": ct_volume((10, 20, 20))})())
+    install(get_entry("vertebral-bodies-ct-m"), store, [model_folders["m"]])
+    image = sitk.Cast(ct_volume((10, 20, 20)), sitk.sitkFloat32) + 0.7  # fractions: truncated to int16
+    volume = type("V", (), {"image": image})()
+    result = pipeline.run(volume)
+    assert result.labelmap.GetSize() == image.GetSize()
+    assert result.labelmap.GetDirection() == image.GetDirection()
+    assert result.mapping.labels[13] == "body_L1"
+    meta = result.metadata
+    assert (meta.pipeline, meta.model, meta.weights_version) == (
+        "vertebral-bodies-ct", "vertebral-bodies-ct-m", "2024-08-29")
+    assert meta.settings["use_mirroring"] is False and meta.settings["folds"] == ["all"]
+    assert meta.settings["tile_step_size"] == 0.5 and meta.settings["input_dtype"] == "int16"
+    # Same result as feeding the int16-truncated image: the official cast.
+    truncated = sitk.Cast(image, sitk.sitkInt16)
+    again = pipeline.run(type("V", (), {"image": truncated})())
+    assert np.array_equal(sitk.GetArrayFromImage(again.labelmap), sitk.GetArrayFromImage(result.labelmap))
+    with pytest.raises(PipelineError, match="3D greyscale"):
+        pipeline.run(type("V", (), {"image": sitk.Image(8, 8, sitk.sitkInt16)})())
+    with pytest.raises(PipelineError, match="runs vertebral-bodies-ct-m or vertebral-bodies-ct-l"):
+        get_pipeline("vertebral-bodies-ct")(store, NnUNetRuntime("cpu"), "totalspineseg")
+
+
+def test_process_reports_failed_cases_and_finishes_the_others(
+        model_folders: dict[str, Path], config_file: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    install(get_entry("vertebral-bodies-ct-m"), ModelStore(config_file.parent / "models"),
+            [model_folders["m"]])
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    sitk.WriteImage(ct_volume((10, 20, 20)), str(cohort / "good.nii.gz"))
+    (cohort / "broken.nii.gz").write_bytes(b"not a NIfTI file")
+    sitk.WriteImage(sitk.Image(6, 6, sitk.sitkInt16), str(cohort / "flat.nii.gz"))  # 2D
+    (cohort / "notes.txt").write_text("ignored: neither DICOM nor NIfTI")
+    out = tmp_path / "out"
+    code = main(["process", str(cohort), "--pipeline", "vertebral-bodies-ct", "--out", str(out),
+                 "--config", str(config_file)])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "1 of 3 case(s)" in captured.out
+    assert "FAILED broken:" in captured.err and "FAILED flat: PipelineError" in captured.err
+    assert (out / "good" / "labels.nii.gz").is_file()
+    summary = json.loads((out / "good" / "result.json").read_text())
+    assert summary["pipeline"] == "vertebral-bodies-ct" and summary["mapping"] == "vertebral-bodies"
+
+
+def test_process_without_installed_model_says_how_to_get_it(
+        config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["process", str(tmp_path), "--pipeline", "vertebral-bodies-ct", "--out",
+                 str(tmp_path / "o"), "--config", str(config_file)])
+    assert code == 1 and "models pull vertebral-bodies-ct-m" in capsys.readouterr().err
+    assert main(["process", str(tmp_path), "--pipeline", "nope", "--out", str(tmp_path / "o"),
+                 "--config", str(config_file)]) == 1
