@@ -81,8 +81,7 @@ def totalspineseg() -> LabelMapping:
     labels.update({10 + i: f"vertebra_C{i}" for i in range(1, 8)})
     labels.update({20 + i: f"vertebra_T{i}" for i in range(1, 13)})
     labels.update({40 + i: f"vertebra_L{i}" for i in range(1, 7)})
-    labels.update({60 + i: disc_key(f"C{i}", f"C{i + 1}") for i in range(3, 7)})
-    labels[63] = disc_key("C2", "C3")
+    labels.update({61 + i: disc_key(f"C{i}", f"C{i + 1}") for i in range(2, 7)})  # 63 = C2/C3
     labels[71] = disc_key("C7", "T1")
     labels.update({71 + i: disc_key(f"T{i}", f"T{i + 1}") for i in range(1, 12)})
     labels[91] = disc_key("T12", "L1")
