@@ -1,0 +1,292 @@
+"""Instances → frames: which instances can be part of a volume, and the per-frame facts
+(geometry, rescale, stack identity) read from single-frame headers or from the functional
+groups of enhanced multi-frame objects.
+
+A *frame* is one 2D image plane: a whole single-frame instance, or one frame of a
+multi-frame instance. Everything later in the loader works on frames.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.uid import (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    EnhancedPETImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    LegacyConvertedEnhancedPETImageStorage,
+    MRImageStorage,
+    PositronEmissionTomographyImageStorage,
+)
+
+from .errors import PixelDataError
+
+#: SOP classes whose instances are cross-sectional images that can be stacked into a volume.
+VOLUME_SOP_CLASSES: frozenset[str] = frozenset({
+    CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage,
+    MRImageStorage, EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage,
+    PositronEmissionTomographyImageStorage, EnhancedPETImageStorage,
+    LegacyConvertedEnhancedPETImageStorage,
+})
+
+#: ImageType values that mark an image as not part of a diagnostic volume: scouts /
+#: localizers, screen saves of workstations, and projections (MIP, MR angio projections).
+NON_VOLUME_IMAGE_TYPES: frozenset[str] = frozenset({
+    "LOCALIZER", "SCOUT", "SCREEN SAVE", "SCREENSHOT", "PROJECTION IMAGE", "CAPTURE",
+})
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """Where one plane of the volume came from.
+
+    ``frame_number`` is the 1-based frame of a multi-frame instance (as in DICOM's
+    Referenced Frame Number) and None for a single-frame instance.
+    """
+
+    sop_instance_uid: str
+    frame_number: int | None
+    sop_class_uid: str
+
+
+@dataclass(frozen=True)
+class StackIdentity:
+    """What tells stacks of one series apart, besides orientation and position.
+
+    ``echo``: EchoNumbers or the MR Echo functional group's EffectiveEchoTime;
+    ``temporal``: TemporalPositionIdentifier / TemporalPositionIndex;
+    ``b_value``: DiffusionBValue; ``stack_id``: the enhanced StackID;
+    ``series``: SeriesInstanceUID (empty string when the sender left it empty).
+    """
+
+    series: str
+    echo: float | None
+    temporal: float | None
+    b_value: float | None
+    stack_id: str | None
+
+    def sort_key(self) -> tuple[float, float, float, str]:
+        """Earlier echoes / time points / lower b-values first; missing values first."""
+        return (
+            -1.0 if self.echo is None else self.echo,
+            -1.0 if self.temporal is None else self.temporal,
+            -1.0 if self.b_value is None else self.b_value,
+            self.stack_id or "",
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One image plane and the header facts the loader needs.
+
+    ``position`` is ImagePositionPatient (LPS, mm, centre of the first transmitted pixel);
+    ``orientation`` is ImageOrientationPatient (row cosine then column cosine);
+    ``pixel_spacing`` is PixelSpacing as DICOM writes it: (between rows, between columns);
+    ``slope``/``intercept`` are the Rescale Slope/Intercept that apply to this frame;
+    ``acquisition`` is AcquisitionNumber (or FrameAcquisitionNumber), used only to split
+    stacks with duplicated positions; ``order`` is InstanceNumber × 10⁶ + frame number, the
+    sender's own order, used only to break ties.
+    """
+
+    dataset: Dataset
+    index: int | None
+    source: SourceFrame
+    position: np.ndarray
+    orientation: np.ndarray
+    pixel_spacing: tuple[float, float]
+    rows: int
+    columns: int
+    slope: float
+    intercept: float
+    identity: StackIdentity
+    acquisition: str
+    order: int
+
+
+def read_instances(items: Iterable[str | os.PathLike[str] | Dataset]
+                   ) -> tuple[list[tuple[Dataset, bool]], list[tuple[str, str]]]:
+    """Read paths (pixel data included) and pass datasets through.
+
+    Returns ``[(dataset, owned)]`` — ``owned`` is True when we read the file, so the loader
+    may drop its pixel data after decoding — and ``[(name, reason)]`` for unreadable files.
+    """
+    datasets: list[tuple[Dataset, bool]] = []
+    unreadable: list[tuple[str, str]] = []
+    for item in items:
+        if isinstance(item, Dataset):
+            datasets.append((item, False))
+            continue
+        try:
+            datasets.append((pydicom.dcmread(item), True))
+        except (InvalidDicomError, OSError, EOFError) as exc:
+            unreadable.append((os.fspath(item), f"not a readable DICOM file ({exc})"))
+    return datasets, unreadable
+
+
+def sop_uids(ds: Dataset) -> tuple[str, str]:
+    """(SOP Class UID, SOP Instance UID), from the file meta information when the dataset
+    leaves them empty (some de-identification tools blank them)."""
+    meta = getattr(ds, "file_meta", None) or Dataset()
+    sop_class = str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "") or "")
+    sop_instance = str(ds.get("SOPInstanceUID", "") or meta.get("MediaStorageSOPInstanceUID", "")
+                       or "")
+    return sop_class, sop_instance
+
+
+def repair_sop_uids(ds: Dataset) -> bool:
+    """Copy blank SOP Class/Instance UIDs from the file meta into a dataset we read
+    ourselves (a SEG must reference them); True if something was filled in."""
+    sop_class, sop_instance = sop_uids(ds)
+    changed = False
+    if sop_class and not ds.get("SOPClassUID"):
+        ds.SOPClassUID, changed = sop_class, True
+    if sop_instance and not ds.get("SOPInstanceUID"):
+        ds.SOPInstanceUID, changed = sop_instance, True
+    return changed
+
+
+def exclusion_reason(ds: Dataset) -> str | None:
+    """Why this instance can never be part of a volume, or None if it can."""
+    sop_class = sop_uids(ds)[0]
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        return f"no pixel data (SOP class {_sop_name(sop_class)})"
+    if sop_class not in VOLUME_SOP_CLASSES:
+        return f"SOP class {_sop_name(sop_class)} is not a cross-sectional CT/MR/PET image"
+    image_type = {str(v).upper() for v in ds.get("ImageType", [])}
+    marked = sorted(image_type & NON_VOLUME_IMAGE_TYPES)
+    if marked:
+        return f"ImageType {'/'.join(marked)} (not part of a volume)"
+    if ds.get("SamplesPerPixel", 1) != 1 or not str(
+            ds.get("PhotometricInterpretation", "MONOCHROME2")).startswith("MONOCHROME"):
+        return "colour image (a screen save or rendering, not a measured volume)"
+    return None
+
+
+def _sop_name(uid: str) -> str:
+    name = pydicom.uid.UID(uid).name if uid else "missing"
+    return f"{name}" if name != uid else uid
+
+
+def _group(ds: Dataset, index: int, keyword: str) -> Dataset | None:
+    """The item of functional group ``keyword`` for frame ``index``: per-frame first,
+    then shared (DICOM PS3.3 C.7.6.16: a group is in exactly one of them)."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and index < len(per_frame):
+        seq = per_frame[index].get(keyword)
+        if seq:
+            return seq[0]
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        seq = shared[0].get(keyword)
+        if seq:
+            return seq[0]
+    return None
+
+
+def first_number(value: object) -> float | None:
+    """A numeric attribute as float — its first value when multi-valued (WindowCenter may
+    hold several windows) — or None when absent, empty or not a number."""
+    if isinstance(value, (MultiValue, list, tuple)):
+        value = value[0] if len(value) else None
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def frames_of(ds: Dataset) -> list[Frame]:
+    """All frames of one instance; raises KeyError naming a missing geometry attribute."""
+    sop_class, sop_uid = sop_uids(ds)
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    series = str(ds.get("SeriesInstanceUID", "") or "")
+    instance = int(ds.get("InstanceNumber", 0) or 0)
+    if "PerFrameFunctionalGroupsSequence" not in ds and "SharedFunctionalGroupsSequence" not in ds:
+        for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+            if key not in ds or ds[key].value is None:
+                raise KeyError(key)
+        slope = first_number(ds.get("RescaleSlope")) or 1.0
+        intercept = first_number(ds.get("RescaleIntercept")) or 0.0
+        identity = StackIdentity(
+            series=series,
+            echo=first_number(ds.get("EchoNumbers")) if "EchoNumbers" in ds else first_number(ds.get("EchoTime")),
+            temporal=first_number(ds.get("TemporalPositionIdentifier")),
+            b_value=first_number(ds.get("DiffusionBValue")),
+            stack_id=None,
+        )
+        return [Frame(
+            dataset=ds, index=None, source=SourceFrame(sop_uid, None, sop_class),
+            position=np.asarray(ds.ImagePositionPatient, float),
+            orientation=np.asarray(ds.ImageOrientationPatient, float),
+            pixel_spacing=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
+            rows=rows, columns=columns, slope=slope, intercept=intercept, identity=identity,
+            acquisition=str(ds.get("AcquisitionNumber", "")), order=instance * 1_000_000)]
+
+    frames = []
+    for i in range(int(ds.get("NumberOfFrames", 1) or 1)):
+        position = _group(ds, i, "PlanePositionSequence")
+        orientation = _group(ds, i, "PlaneOrientationSequence")
+        measures = _group(ds, i, "PixelMeasuresSequence")
+        if position is None or "ImagePositionPatient" not in position:
+            raise KeyError("PlanePositionSequence/ImagePositionPatient")
+        if orientation is None or "ImageOrientationPatient" not in orientation:
+            raise KeyError("PlaneOrientationSequence/ImageOrientationPatient")
+        if measures is None or "PixelSpacing" not in measures:
+            raise KeyError("PixelMeasuresSequence/PixelSpacing")
+        transform = _group(ds, i, "PixelValueTransformationSequence")
+        slope = first_number(transform.get("RescaleSlope")) if transform else first_number(ds.get("RescaleSlope"))
+        intercept = (first_number(transform.get("RescaleIntercept")) if transform
+                     else first_number(ds.get("RescaleIntercept")))
+        content = _group(ds, i, "FrameContentSequence")
+        echo = _group(ds, i, "MREchoSequence")
+        diffusion = _group(ds, i, "MRDiffusionSequence")
+        identity = StackIdentity(
+            series=series,
+            echo=first_number(echo.get("EffectiveEchoTime")) if echo else None,
+            temporal=first_number(content.get("TemporalPositionIndex")) if content else None,
+            b_value=first_number(diffusion.get("DiffusionBValue")) if diffusion else None,
+            stack_id=str(content.get("StackID")) if content and "StackID" in content else None,
+        )
+        acquisition = content.get("FrameAcquisitionNumber", "") if content else ""
+        frames.append(Frame(
+            dataset=ds, index=i, source=SourceFrame(sop_uid, i + 1, sop_class),
+            position=np.asarray(position.ImagePositionPatient, float),
+            orientation=np.asarray(orientation.ImageOrientationPatient, float),
+            pixel_spacing=(float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1])),
+            rows=rows, columns=columns, slope=1.0 if slope is None else slope,
+            intercept=0.0 if intercept is None else intercept, identity=identity,
+            acquisition=str(acquisition), order=instance * 1_000_000 + i + 1))
+    return frames
+
+
+def decode(frames: Sequence[Frame]) -> list[np.ndarray]:
+    """Stored pixel values of each frame (Rows × Columns), decoding each instance once with
+    pydicom's decoders (native, RLE, JPEG, JPEG-LS, JPEG 2000 via pylibjpeg/GDCM plug-ins)."""
+    decoded: dict[int, np.ndarray] = {}
+    out = []
+    for frame in frames:
+        key = id(frame.dataset)
+        if key not in decoded:
+            try:
+                arr = pydicom.pixels.pixel_array(frame.dataset)
+            except Exception as exc:  # decoders raise many types; say which instance failed
+                syntax = frame.dataset.file_meta.get("TransferSyntaxUID", "unknown") \
+                    if hasattr(frame.dataset, "file_meta") else "unknown"
+                raise PixelDataError(
+                    f"cannot decode pixel data of SOP instance {frame.source.sop_instance_uid}"
+                    f" (transfer syntax {pydicom.uid.UID(str(syntax)).name}): {exc}") from exc
+            decoded[key] = arr
+        arr = decoded[key]
+        out.append(arr if frame.index is None else arr[frame.index])
+    return out
