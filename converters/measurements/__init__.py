@@ -1,6 +1,6 @@
 """Pure measurement maths on label masks: volumes, intensities, vertebral heights, areas."""
 
-from .geometry import Grid
+from .geometry import Grid, frame_order, frame_planes
 from .spine import (
     BodyHeights,
     RegionStatistics,
@@ -14,6 +14,6 @@ from .spine import (
 )
 
 __all__ = [
-    "BodyHeights", "Grid", "RegionStatistics", "axial_areas", "body_heights", "disc_height",
+    "BodyHeights", "Grid", "frame_order", "frame_planes", "RegionStatistics", "axial_areas", "body_heights", "disc_height",
     "minimum_area_per_level", "nearest_frame", "region_statistics", "trabecular_attenuation",
 ]

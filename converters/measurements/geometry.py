@@ -40,24 +40,29 @@ class Grid:
 
     @classmethod
     def from_datasets(cls, datasets: Sequence[Dataset]) -> Grid:
-        """Grid of single-frame images already sorted along the slice normal.
+        """Grid of the source frames, in the order given (frames must be sorted along the
+        slice normal; see :func:`frame_order`).
 
         Uses Image Orientation (Patient), Pixel Spacing and the Image Position (Patient) of
-        the first and last image; raises ``ValueError`` naming a missing attribute.
+        the first and last frame (top level for single-frame images, functional groups for
+        enhanced multi-frame ones); raises ``ValueError`` naming a missing attribute.
         """
-        first = datasets[0]
-        for attr in ("ImageOrientationPatient", "PixelSpacing", "ImagePositionPatient"):
-            if attr not in first:
-                raise ValueError(f"source image lacks {attr}; cannot place the label map")
-        iop = np.asarray(first.ImageOrientationPatient, dtype=float)
+        return cls.from_planes(frame_planes(datasets), datasets[0])
+
+    @classmethod
+    def from_planes(
+        cls, planes: Sequence[tuple[np.ndarray, np.ndarray, tuple[float, float]]],
+        first: Dataset | None = None,
+    ) -> Grid:
+        """Grid of frames given as sorted (Image Position, Image Orientation, Pixel Spacing);
+        ``first`` supplies the slice thickness of a single frame."""
+        origin, iop, (dr, dc) = planes[0]
         row_dir, col_dir = iop[:3], iop[3:]  # direction of increasing column / row index
-        dr, dc = (float(v) for v in first.PixelSpacing)  # row spacing, column spacing
-        origin = np.asarray(first.ImagePositionPatient, dtype=float)
-        if len(datasets) > 1:
-            last = np.asarray(datasets[-1].ImagePositionPatient, dtype=float)
-            step = (last - origin) / (len(datasets) - 1)
+        if len(planes) > 1:
+            step = (planes[-1][0] - origin) / (len(planes) - 1)
         else:
-            thickness = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1)
+            get = first.get if first is not None else (lambda *_: None)
+            thickness = float(get("SpacingBetweenSlices") or get("SliceThickness") or 1)
             step = np.cross(row_dir, col_dir) * thickness
         a = np.eye(4)
         a[:3, 0] = step
@@ -86,3 +91,36 @@ class Grid:
     def points(self, mask: np.ndarray) -> np.ndarray:
         """Patient coordinates of the voxel centres where ``mask`` is true."""
         return self.to_patient(np.argwhere(mask).astype(float))
+
+
+def _plane_attr(ds: Dataset, frame: Dataset | None, shared: Dataset | None, seq: str,
+                attr: str) -> object:
+    for holder in (frame, shared):
+        if holder is not None and seq in holder and attr in holder[seq].value[0]:
+            return holder[seq].value[0][attr].value
+    if attr in ds:
+        return ds[attr].value
+    raise ValueError(f"source image lacks {attr}; cannot place the label map")
+
+
+def frame_planes(datasets: Sequence[Dataset]) -> list[tuple[np.ndarray, np.ndarray, tuple[float, float]]]:
+    """(Image Position, Image Orientation, Pixel Spacing) of every frame of ``datasets``."""
+    out = []
+    for ds in datasets:
+        shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
+        per_frame = list(ds.get("PerFrameFunctionalGroupsSequence", [])) or [None]
+        for frame in per_frame:
+            ipp = _plane_attr(ds, frame, shared, "PlanePositionSequence", "ImagePositionPatient")
+            iop = _plane_attr(ds, frame, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
+            spacing = _plane_attr(ds, frame, shared, "PixelMeasuresSequence", "PixelSpacing")
+            out.append((np.asarray(ipp, float), np.asarray(iop, float),
+                        (float(spacing[0]), float(spacing[1]))))
+    return out
+
+
+def frame_order(datasets: Sequence[Dataset]) -> np.ndarray:
+    """Indices that sort all frames of ``datasets`` along the slice normal."""
+    planes = frame_planes(datasets)
+    iop = planes[0][1]
+    normal = np.cross(iop[:3], iop[3:])
+    return np.argsort([float(normal @ p[0]) for p in planes], kind="stable")

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
 from ..measurements.findings import Layer, measure
-from ..measurements.geometry import Grid
+from ..measurements.geometry import Grid, frame_order, frame_planes
 from ..preview import build_secondary_captures, render_panels, side_by_side
 from ..seg.writer import build_segmentation, check_source_images
 from ..sr.writer import build_report
@@ -34,6 +34,17 @@ def _modality_values(datasets: Sequence[Dataset]) -> np.ndarray | None:
     if len(datasets) > 1 and all("PixelData" in ds for ds in datasets):
         return np.stack([apply_modality_lut(ds.pixel_array, ds) for ds in datasets]).astype(np.float32)
     return None
+
+
+def _frame_refs(datasets: Sequence[Dataset]) -> list[tuple[Dataset, int | None]]:
+    """(dataset, frame number for multi-frame sources) of every source frame, in order."""
+    refs: list[tuple[Dataset, int | None]] = []
+    for ds in datasets:
+        if "PerFrameFunctionalGroupsSequence" in ds:
+            refs.extend((ds, n) for n in range(1, int(ds.NumberOfFrames) + 1))
+        else:
+            refs.append((ds, None))
+    return refs
 
 
 def encode_results(
@@ -94,11 +105,18 @@ def encode_results(
         return out
     if image is None:
         image = _modality_values(datasets)
-    grid = Grid.from_datasets(datasets)
+    # Measurements and reformats need frames in spatial order; the SEG keeps source order.
+    order = frame_order(datasets)
+    planes = frame_planes(datasets)
+    grid = Grid.from_planes([planes[i] for i in order], datasets[0])
+    layers = [Layer(ly.mapping, ly.labelmap[order], ly.structures) for ly in layers]
+    if image is not None:
+        image = np.asarray(image)[order]
     modality = str(datasets[0].get("Modality", ""))
     if options.sr:
         findings = measure(layers, grid, image, modality, options.trabecular_erosion_mm)
-        out.append(build_report(datasets, segs, findings, pipeline))
+        refs = _frame_refs(datasets)
+        out.append(build_report(datasets, segs, findings, pipeline, [refs[i] for i in order]))
     if options.preview:
         # The label map with the most level structures carries the level names best.
         layer = max(layers, key=lambda ly: sum(s.level is not None for s in ly.structures))

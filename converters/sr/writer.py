@@ -52,7 +52,8 @@ def _referenced_segment(seg: Dataset, number: int, source: Dataset) -> hd.sr.Ref
 
 
 def _measurements(
-    layer: str, s: Structure, findings: Findings, sources: Sequence[Dataset],
+    layer: str, s: Structure, findings: Findings,
+    frame_refs: Sequence[tuple[Dataset, int | None]],
     algorithm: hd.sr.AlgorithmIdentification,
 ) -> list[hd.sr.Measurement]:
     key = (layer, s.key)
@@ -85,7 +86,9 @@ def _measurements(
         out.append(num(codes.DCM.AttenuationCoefficient, findings.trabecular_l1[2], HOUNSFIELD,
                        derivation=codes.SCT.Mean, method=private_code("TRAB")))
     if findings.l3_centre and findings.l3_centre[:2] == key:
-        image = hd.sr.SourceImageForMeasurement.from_source_image(sources[findings.l3_centre[3]])
+        ds, frame_number = frame_refs[findings.l3_centre[3]]
+        image = hd.sr.SourceImageForMeasurement.from_source_image(
+            ds, referenced_frame_numbers=[frame_number] if frame_number else None)
         out.append(num(private_code("L3POS"), findings.l3_centre[2], MILLIMETER,
                        referenced_images=[image]))
     if findings.canal_key == key:
@@ -100,6 +103,7 @@ def build_report(
     segmentations: Sequence[tuple[str, Dataset, Sequence[Structure]]],
     findings: Findings,
     pipeline: PipelineMetadata,
+    frame_refs: Sequence[tuple[Dataset, int | None]] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The measurement report.
 
@@ -108,7 +112,11 @@ def build_report(
         segmentations: (layer name, SEG dataset, structures in segment order) per SEG.
         findings: the measurements (see :func:`converters.measurements.findings.measure`).
         pipeline: algorithm identification; UID seed.
+        frame_refs: (dataset, frame number or None) of each frame in the order the findings
+            index frames (sorted along the normal); default: one frame per source image.
     """
+    if frame_refs is None:
+        frame_refs = [(ds, None) for ds in source_images]
     source = source_images[0]
     algorithm = hd.sr.AlgorithmIdentification(name=pipeline.pipeline,
                                               version=pipeline.algorithm_version)
@@ -123,7 +131,7 @@ def build_report(
                 finding_category=s.category,
                 finding_sites=[hd.sr.FindingSite(s.anatomic_region)] if s.anatomic_region else None,
                 algorithm_id=algorithm,
-                measurements=_measurements(layer, s, findings, source_images, algorithm),
+                measurements=_measurements(layer, s, findings, frame_refs, algorithm),
             ))
     observer = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(

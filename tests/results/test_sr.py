@@ -129,3 +129,17 @@ def test_known_shapes_end_to_end(tmp_path):
     assert trabecular == [pytest.approx(250.0)]
     mean_hu = [v for c, v, u, _ in n2 if c == "112031"]
     assert mean_hu[0] == pytest.approx(250.0)
+
+
+def test_source_order_does_not_change_the_measurements():
+    from tests.results.fixtures import synthetic_mr
+
+    case = synthetic_mr()
+    pipeline = PipelineMetadata("totalspineseg", "Dataset102", "r1")
+    opts = EncodeOptions(preview=False)
+    ordered = encode_results(case.datasets, case.labelmap, case.mapping, pipeline, opts)[1]
+    perm = np.random.default_rng(0).permutation(len(case.datasets))
+    shuffled = encode_results([case.datasets[i] for i in perm], case.labelmap[perm], case.mapping,
+                              pipeline, opts)[1]
+    values = lambda sr: [v for g in _groups(sr) for _, v, _, _ in _nums(g)]  # noqa: E731
+    assert values(shuffled) == pytest.approx(values(ordered))
