@@ -106,7 +106,8 @@ def _load(case: Case) -> Any:
         import SimpleITK as sitk
         return NiftiVolume(sitk.ReadImage(str(case.paths[0])))
     import converters
-    return converters.load_series(list(case.paths))
+    # Pixels are kept so that the SR's intensity measurements can read them from the sources.
+    return converters.load_series(list(case.paths), keep_pixel_data=True)
 
 
 def _write_result(case_dir: Path, volume: Any, result: PipelineResult, encode: bool) -> list[Path]:
@@ -130,12 +131,14 @@ def _write_result(case_dir: Path, volume: Any, result: PipelineResult, encode: b
 
 
 def encode_outputs(case_dir: Path, volume: Any, result: PipelineResult) -> list[Path]:
-    """SEG, SR and preview of a DICOM case via ``converters.encode_results``."""
+    """SEG, SR and preview of a DICOM case: label map → source frames → ``converters.encode_results``."""
     import converters
 
-    datasets = converters.encode_results(
-        volume, result.labelmap, result.mapping, result.metadata.for_encoders())
-    paths = []
+    grid = converters.to_source_grid(volume, result.labelmap)
+    png = case_dir / "preview.png"
+    datasets = converters.encode_results(grid, None, result.mapping, result.metadata.for_encoders(),
+                                         png_path=png)
+    paths = [png] if png.exists() else []
     for index, dataset in enumerate(datasets):
         kind = _safe(str(getattr(dataset, "Modality", "OBJ")))
         path = case_dir / f"{index:02d}_{kind}.dcm"

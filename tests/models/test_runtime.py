@@ -12,7 +12,9 @@ import pytest
 import SimpleITK as sitk
 
 from dicomnode.cli import main
-from dicomnode.models.pipelines import PipelineError, get_pipeline
+from dicomnode.models.pipelines import Pipeline, PipelineError, PipelineMetadata, PipelineResult, get_pipeline
+from dicomnode.models.pipelines.base import VolumeLike, labelmap_like
+from dicomnode.models.process import find_cases, process_cases
 from dicomnode.models.registry import ModelNotInstalled, ModelStore, get_entry
 from dicomnode.models.runtime import (
     DeviceError,
@@ -162,3 +164,48 @@ def test_process_without_installed_model_says_how_to_get_it(
     assert code == 1 and "models pull vertebral-bodies-ct-m" in capsys.readouterr().err
     assert main(["process", str(tmp_path), "--pipeline", "nope", "--out", str(tmp_path / "o"),
                  "--config", str(config_file)]) == 1
+
+
+class _BoxBodies(Pipeline):
+    """Three box-shaped 'vertebral bodies' (L1–L3): a well-formed label map for the encoders.
+
+    Random-weight nnU-Net output is speckle, which is no input for body-height measurements;
+    this exercises ``process``'s DICOM wiring (load → pipeline → source grid → SEG/SR/preview).
+    """
+
+    name = "boxes"
+    version = "1"
+    models = ("vertebral-bodies-ct-m",)
+
+    def run(self, volume: VolumeLike) -> PipelineResult:
+        from converters.vocabulary import vertebral_bodies_ct
+
+        array = np.zeros(sitk.GetArrayViewFromImage(volume.image).shape, np.uint8)
+        for k, label in enumerate((13, 14, 15)):
+            array[1 + 3 * k:3 + 3 * k, 4:14, 6:18] = label
+        metadata = PipelineMetadata(self.name, self.version, self.model, "test", {})
+        return PipelineResult(labelmap_like(array, volume.image), vertebral_bodies_ct(), metadata)
+
+
+def test_process_dicom_folder_writes_seg_sr_preview_per_series(tmp_path: Path) -> None:
+    import pydicom
+
+    synthetic = pytest.importorskip("tests.synthetic")
+    folder = tmp_path / "in"
+    for i, name in enumerate(("first", "second")):
+        series = synthetic.single_frame_series(name=name, shape=(10, 20, 24), spacing=(1.0, 1.0, 3.0),
+                                               seed=i)
+        synthetic.write_series(series, folder / name)
+    (folder / "README").write_text("not DICOM")
+    cases, failures = find_cases(folder)
+    assert len(cases) == 2 and not failures
+    pipeline = _BoxBodies(ModelStore(tmp_path / "models"), NnUNetRuntime("cpu"))
+    outcomes = process_cases(cases, pipeline, tmp_path / "out", progress=False)
+    assert all(o.ok for o in outcomes), [o.reason for o in outcomes]
+    for outcome in outcomes:
+        case = tmp_path / "out" / outcome.case.name
+        modalities = {pydicom.dcmread(p).Modality for p in case.glob("*.dcm")}
+        assert {"SEG", "SR"} <= modalities
+        assert (case / "preview.png").is_file() and (case / "labels.nii.gz").is_file()
+        assert json.loads((case / "result.json").read_text())["structures"] == [
+            "body_L1", "body_L2", "body_L3"]
