@@ -13,6 +13,7 @@ Pixel type of ``Volume.image`` (values are always Modality-LUT/rescaled values, 
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field, fields
 from typing import Iterable, Literal, Sequence
@@ -31,7 +32,7 @@ from .errors import (
 from .frames import (
     Frame,
     SourceFrame,
-    decode,
+    iter_decoded,
     exclusion_reason,
     first_number,
     frames_of,
@@ -217,12 +218,15 @@ def load_series(
     resampling = _needs_resampling(sorted_frames, check, position_tolerance_mm, on_tilt,
                                    on_irregular, warnings)
 
-    values = decode(sorted_frames)
-    dtype = _output_dtype(sorted_frames, values)
+    owned = {id(ds) for ds, mine in read if mine and not keep_pixel_data}
+    values = iter_decoded(sorted_frames, release=lambda ds: id(ds) in owned)
+    first = next(values)
+    dtype = _output_dtype(sorted_frames, first.dtype)
     positions = np.stack([f.position for f in sorted_frames])
     grid = None
     if resampling:
-        rescaled = [v * f.slope + f.intercept for v, f in zip(values, sorted_frames)]
+        rescaled = [v * f.slope + f.intercept
+                    for v, f in zip(itertools.chain([first], values), sorted_frames)]
         grid = regular_grid(positions, plane, slice_spacing)
         padding = _padding(sorted_frames[0])
         outside = padding if padding is not None else min(float(r.min()) for r in rescaled)
@@ -234,21 +238,20 @@ def load_series(
         image.SetOrigin([float(v) for v in grid.origin])
         image.SetSpacing(grid.spacing)
     else:
-        array = np.empty((len(values), plane.rows, plane.columns), dtype)
-        for k, (v, f) in enumerate(zip(values, sorted_frames)):
+        array = np.empty((len(sorted_frames), plane.rows, plane.columns), dtype)
+        for k, (v, f) in enumerate(zip(itertools.chain([first], values), sorted_frames)):
             array[k] = v if (f.slope, f.intercept) == (1.0, 0.0) else v * f.slope + f.intercept
         image = sitk.GetImageFromArray(array)
         image.SetOrigin([float(v) for v in positions[0]])
         image.SetSpacing((plane.column_spacing, plane.row_spacing,
-                          check.spacing if len(values) > 1 else _thickness(sorted_frames[0])))
+                          check.spacing if len(sorted_frames) > 1 else _thickness(sorted_frames[0])))
     image.SetDirection([float(v) for v in plane.direction.ravel()])
-    del values, array
+    del first, values, array
 
     datasets = _unique_datasets(sorted_frames)
-    if not keep_pixel_data:
-        for ds, owned in read:
-            if owned and "PixelData" in ds:
-                del ds.PixelData
+    for ds, _ in read:
+        if id(ds) in owned and "PixelData" in ds:
+            del ds.PixelData
     return Volume(
         image=image, sources=[f.source for f in sorted_frames], datasets=datasets,
         metadata=_metadata(sorted_frames, datasets), positions=positions, plane=plane,
@@ -301,8 +304,7 @@ def _needs_resampling(frames: Sequence[Frame], check: GridCheck, tolerance: floa
     return False
 
 
-def _output_dtype(frames: Sequence[Frame], values: Sequence[np.ndarray]) -> np.dtype:
-    stored = values[0].dtype
+def _output_dtype(frames: Sequence[Frame], stored: np.dtype) -> np.dtype:
     rescales = {(f.slope, f.intercept) for f in frames}
     if rescales == {(1.0, 0.0)}:
         return stored
