@@ -195,6 +195,9 @@ class Receiver:
             return
         reason, diagnostic = refusal
         assoc.acse.send_reject(0x01, 0x01, diagnostic)  # rejected-permanent, by the service user
+        # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is on the
+        # wire before the connection is closed, or the peer only sees an abort.
+        assoc.kill()
         self.index.open_association(calling_ae_title=calling, called_ae_title=called,
                                     address=address, port=port, tls=self.node.tls.enabled,
                                     outcome="rejected", reason=reason)
