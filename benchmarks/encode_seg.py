@@ -1,0 +1,191 @@
+"""Label map → DICOM SEG: our writer (highdicom) vs dcmqi's ``itkimage2segimage``.
+
+The input: a synthetic axial CT series of 320 slices of 512 × 512 (0.7 × 0.7 × 1 mm,
+uncompressed, written once to a temporary folder) and a spine-like label map on it with
+24 vertebrae, 23 discs, spinal cord and canal (49 labels; TotalSpineSeg values). Both tools
+write a BINARY SEG (Explicit VR Little Endian, without empty frames), then a LABELMAP SEG
+(ours RLE Lossless, dcmqi uncompressed), from the same label map and the same source files; dcmqi reads the label map from NRRD and its metadata JSON
+(generated from our vocabulary), we get the array and the source headers. Each side runs
+once in its own process, timed from reading the source headers to the SEG file on disk;
+peak RSS is that process's high-water mark (ru_maxrss), imports included.
+
+    .venv/bin/python benchmarks/encode_seg.py [--json PATH] [--keep DIR]
+
+``--json`` writes a list of {"name", "ours", "reference", "unit", "ratio"}; ratio is
+ours / reference (below 1 is better for us).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = (320, 512, 512)  # slices, rows, columns
+SPACING = (1.0, 0.7, 0.7)  # slice, row, column (mm)
+PIPELINE_ARGS = ("totalspineseg", "Dataset102_TotalSpineSeg_step2", "r20241115")
+
+
+def label_map():
+    """TotalSpineSeg-style labels: alternating vertebra / disc slabs, cord inside canal."""
+    import numpy as np
+
+    from converters.vocabulary import totalspineseg
+
+    nz, ny, nx = SHAPE
+    labels = np.zeros(SHAPE, np.uint8)
+    z, y, x = np.ogrid[:nz, :ny, :nx]
+    mapping = totalspineseg()
+    by_key = {k: v for v, k in mapping.labels.items()}
+    levels = [f"C{i}" for i in range(2, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
+    body = (np.abs(y - 230) < 45) & (np.abs(x - 256) < 40)
+    top = 4
+    for i, level in enumerate(levels):  # 23 levels × 13 slices = 299 slices
+        labels[top:top + 10][np.broadcast_to(body, (10, ny, nx))] = by_key[f"vertebra_{level}"]
+        lower = levels[i + 1] if i + 1 < len(levels) else "S1"
+        labels[top + 10:top + 13][np.broadcast_to(body, (3, ny, nx))] = by_key[f"disc_{level}_{lower}"]
+        top += 13
+    labels[top:top + 10][np.broadcast_to(body, (10, ny, nx))] = by_key["vertebra_C1"]  # 24th vertebra
+    canal = (y - 300) ** 2 + (x - 256) ** 2 < 14**2
+    cord = (y - 300) ** 2 + (x - 256) ** 2 < 6**2
+    labels[:, canal[0]] = by_key["spinal_canal"]
+    labels[:, cord[0]] = by_key["spinal_cord"]
+    return labels, mapping
+
+
+def write_sources(folder: Path) -> None:
+    import numpy as np
+
+    from tests import synthetic
+
+    rows, cols = SHAPE[1:]
+    stored = np.full(SHAPE, 1000, np.int64)  # constant CT value; the encoders ignore pixels
+    syn = synthetic.single_frame_series(
+        name="encode_seg_bench", shape=SHAPE, spacing=(SPACING[2], SPACING[1], SPACING[0]),
+        origin=(-180.0, -180.0, -400.0), stored=stored, window=None)
+    for i, ds in enumerate(syn.datasets):
+        ds.save_as(folder / f"{i:04d}.dcm", enforce_file_format=True)
+
+
+def run_ours(sources: Path, out: Path, labels_path: Path, seg_type: str) -> None:
+    import numpy as np
+    import pydicom
+
+    from converters.results import EncodeOptions, PipelineMetadata
+    from converters.seg import build_segmentation
+
+    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(sources.iterdir())]
+    normal = np.cross(*np.reshape(datasets[0].ImageOrientationPatient, (2, 3)))
+    datasets.sort(key=lambda d: float(normal @ np.asarray(d.ImagePositionPatient, float)))
+    from converters.vocabulary import totalspineseg
+
+    labels, mapping = np.load(labels_path), totalspineseg()
+    seg, _ = build_segmentation(datasets, labels, mapping, PipelineMetadata(*PIPELINE_ARGS),
+                                EncodeOptions(segmentation_type=seg_type))
+    seg.save_as(out)
+
+
+def dcmqi_inputs(folder: Path, sources: Path) -> tuple[Path, Path]:
+    """NRRD label map and metadata JSON for itkimage2segimage, from the same labels."""
+    import numpy as np
+    import pydicom
+    import SimpleITK as sitk
+
+    labels, mapping = label_map()
+    first = pydicom.dcmread(sorted(sources.iterdir())[0], stop_before_pixels=True)
+    img = sitk.GetImageFromArray(labels)
+    img.SetSpacing((SPACING[2], SPACING[1], SPACING[0]))
+    img.SetOrigin([float(v) for v in first.ImagePositionPatient])
+    iop = np.asarray(first.ImageOrientationPatient, float)
+    img.SetDirection(tuple(np.column_stack([iop[:3], iop[3:], np.cross(iop[:3], iop[3:])]).ravel()))
+    nrrd = folder / "labels.nrrd"
+    structures = mapping.structures_present(labels)
+    relabelled = mapping.to_segment_numbers(labels, structures)
+    img2 = sitk.GetImageFromArray(relabelled)
+    img2.CopyInformation(img)
+    sitk.WriteImage(img2, str(nrrd))
+
+    def code(c):
+        return {"CodeValue": c.value, "CodingSchemeDesignator": c.scheme_designator,
+                "CodeMeaning": c.meaning}
+
+    meta = {
+        "ContentCreatorName": "dicomnode", "ClinicalTrialSeriesID": "1",
+        "ClinicalTrialTimePointID": "1", "ClinicalTrialCoordinatingCenterName": "none",
+        "SeriesDescription": "dcmqi SEG", "SeriesNumber": "300", "InstanceNumber": "1",
+        "segmentAttributes": [[
+            {"labelID": n, "SegmentLabel": s.label, "SegmentDescription": s.label,
+             "SegmentAlgorithmType": "AUTOMATIC", "SegmentAlgorithmName": PIPELINE_ARGS[0],
+             "SegmentedPropertyCategoryCodeSequence": code(s.category),
+             "SegmentedPropertyTypeCodeSequence": code(s.type),
+             "recommendedDisplayRGBValue": list(s.rgb)}
+            for n, s in enumerate(structures, start=1)
+        ]],
+    }
+    meta_path = folder / "meta.json"
+    meta_path.write_text(json.dumps(meta))
+    np.save(folder / "labels.npy", labels)
+    return nrrd, meta_path
+
+
+def measured(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of ``cmd`` run in a fresh wrapper process."""
+    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+               "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+               "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], check=True, capture_output=True,
+                         text=True, cwd=REPO).stdout.split()
+    return float(out[0]), int(out[1]) * 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    if args.worker:
+        run_ours(*(Path(p) for p in args.worker[:3]), args.worker[3])
+        return
+    work = args.keep or Path(tempfile.mkdtemp(prefix="encode_seg_"))
+    sources = work / "sources"
+    sources.mkdir(parents=True, exist_ok=True)
+    if not any(sources.iterdir()):
+        write_sources(sources)
+    nrrd, meta = dcmqi_inputs(work, sources)
+    for f in sorted(sources.iterdir()):  # warm the page cache for both sides
+        f.read_bytes()
+    tool = Path(sys.executable).parent / "itkimage2segimage"
+    rows = []
+    # (our type, dcmqi type): ours LABELMAP is RLE-compressed, dcmqi's is uncompressed
+    for ours_type, ref_type in (("BINARY", "binary"), ("LABELMAP", "labelmap")):
+        ours_out, ref_out = work / f"ours-{ref_type}.dcm", work / f"dcmqi-{ref_type}.dcm"
+        ours_t, ours_rss = measured([sys.executable, __file__, "--worker", str(sources),
+                                     str(ours_out), str(work / "labels.npy"), ours_type])
+        ref_t, ref_rss = measured([str(tool), "--inputImageList", str(nrrd), "--inputDICOMDirectory",
+                                   str(sources), "--outputDICOM", str(ref_out), "--inputMetadata",
+                                   str(meta), "--segmentationType", ref_type, "--skip", "1"])
+        what = f"{ours_type}, {SHAPE[0]}×{SHAPE[1]}², 49 labels"
+        rows += [
+            {"name": f"SEG write time ({what})", "ours": ours_t, "reference": ref_t, "unit": "s"},
+            {"name": f"SEG write peak RSS ({ours_type})", "ours": ours_rss / 2**20,
+             "reference": ref_rss / 2**20, "unit": "MiB"},
+            {"name": f"SEG file size ({ours_type})", "ours": os.path.getsize(ours_out) / 2**20,
+             "reference": os.path.getsize(ref_out) / 2**20, "unit": "MiB"},
+        ]
+    for row in rows:
+        row["ratio"] = row["ours"] / row["reference"]
+        print(f"{row['name']:<52} ours {row['ours']:9.2f} {row['unit']:<4} "
+              f"dcmqi {row['reference']:9.2f} {row['unit']:<4} ratio {row['ratio']:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
