@@ -49,21 +49,15 @@ def common_plane(frames: Sequence[Frame], orientation_tolerance: float = 1e-3) -
     """The plane shared by ``frames``; InconsistentStackError if Rows/Columns, PixelSpacing
     or ImageOrientationPatient differ (cosines by more than ``orientation_tolerance``)."""
     first = frames[0]
-    for frame in frames[1:]:
-        uid = frame.source.sop_instance_uid
-        if (frame.rows, frame.columns) != (first.rows, first.columns):
-            raise InconsistentStackError(
-                f"inconsistent matrix size in one stack: {frame.rows}×{frame.columns} in "
-                f"SOP instance {uid}, {first.rows}×{first.columns} in the others")
-        if not np.allclose(frame.pixel_spacing, first.pixel_spacing, atol=1e-4, rtol=1e-4):
-            raise InconsistentStackError(
-                f"inconsistent PixelSpacing in one stack: {list(frame.pixel_spacing)} mm in "
-                f"SOP instance {uid}, {list(first.pixel_spacing)} mm in the others")
-        if np.max(np.abs(frame.orientation - first.orientation)) > orientation_tolerance:
-            degrees = _angle_deg(_normal(frame.orientation), _normal(first.orientation))
-            raise InconsistentStackError(
-                f"inconsistent ImageOrientationPatient in one stack: SOP instance {uid} is "
-                f"turned {degrees:.2f}° against the others")
+    sizes = np.array([(f.rows, f.columns) for f in frames])
+    spacings = np.array([f.pixel_spacing for f in frames])
+    cosines = np.stack([f.orientation for f in frames])
+    # Vectorised checks first; the loop below only runs to name the offending instance.
+    if not (np.all(sizes == sizes[0])
+            and np.allclose(spacings, spacings[0], atol=1e-4, rtol=1e-4)
+            and np.max(np.abs(cosines - cosines[0])) <= orientation_tolerance):
+        for frame in frames[1:]:
+            _check_against(frame, first, orientation_tolerance)
     # Re-orthonormalise: headers carry 6-8 significant digits.
     row = first.orientation[:3] / np.linalg.norm(first.orientation[:3])
     column = first.orientation[3:] - np.dot(first.orientation[3:], row) * row
@@ -71,6 +65,23 @@ def common_plane(frames: Sequence[Frame], orientation_tolerance: float = 1e-3) -
     return Plane(row=row, column=column, normal=np.cross(row, column),
                  row_spacing=first.pixel_spacing[0], column_spacing=first.pixel_spacing[1],
                  rows=first.rows, columns=first.columns)
+
+
+def _check_against(frame: Frame, first: Frame, orientation_tolerance: float) -> None:
+    uid = frame.source.sop_instance_uid
+    if (frame.rows, frame.columns) != (first.rows, first.columns):
+        raise InconsistentStackError(
+            f"inconsistent matrix size in one stack: {frame.rows}×{frame.columns} in "
+            f"SOP instance {uid}, {first.rows}×{first.columns} in the others")
+    if not np.allclose(frame.pixel_spacing, first.pixel_spacing, atol=1e-4, rtol=1e-4):
+        raise InconsistentStackError(
+            f"inconsistent PixelSpacing in one stack: {list(frame.pixel_spacing)} mm in "
+            f"SOP instance {uid}, {list(first.pixel_spacing)} mm in the others")
+    if np.max(np.abs(frame.orientation - first.orientation)) > orientation_tolerance:
+        degrees = _angle_deg(_normal(frame.orientation), _normal(first.orientation))
+        raise InconsistentStackError(
+            f"inconsistent ImageOrientationPatient in one stack: SOP instance {uid} is "
+            f"turned {degrees:.2f}° against the others")
 
 
 def _normal(orientation: np.ndarray) -> np.ndarray:

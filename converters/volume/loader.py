@@ -240,7 +240,10 @@ def load_series(
     else:
         array = np.empty((len(sorted_frames), plane.rows, plane.columns), dtype)
         for k, (v, f) in enumerate(zip(itertools.chain([first], values), sorted_frames)):
-            array[k] = v if (f.slope, f.intercept) == (1.0, 0.0) else v * f.slope + f.intercept
+            if f.slope == 1.0:  # the usual CT case: one add, straight into the output type
+                np.add(v, f.intercept, out=array[k], casting="unsafe")
+            else:
+                array[k] = v * f.slope + f.intercept
         image = sitk.GetImageFromArray(array)
         image.SetOrigin([float(v) for v in positions[0]])
         image.SetSpacing((plane.column_spacing, plane.row_spacing,
