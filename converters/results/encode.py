@@ -13,7 +13,7 @@ from pydicom.pixels import apply_modality_lut
 from ..measurements.findings import Layer, measure
 from ..measurements.geometry import Grid, frame_order, frame_planes
 from ..preview import build_secondary_captures, render_panels, side_by_side
-from ..seg.writer import build_segmentation, check_source_images
+from ..seg.writer import build_segmentation, check_source_images, referenceable
 from ..sr.writer import build_report
 from ..vocabulary import LabelMapping
 from .metadata import EncodeOptions, PipelineMetadata
@@ -77,7 +77,7 @@ def encode_results(
         The datasets to send: SEG(s), then SR, then the secondary captures. Empty when no
         mapped structure is present.
     """
-    datasets = _source_datasets(source)
+    datasets = referenceable(_source_datasets(source))
     if labelmap is None:
         labelmap = source.array
     arrays = [labelmap] if isinstance(labelmap, np.ndarray) else list(labelmap)

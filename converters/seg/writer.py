@@ -22,6 +22,27 @@ from ..vocabulary import LabelMapping, Structure, declare_scheme
 _LABELMAP_SYNTAX = {"RLE": RLELossless, "JPEGLS": JPEGLSLossless, "NONE": ExplicitVRLittleEndian}
 
 
+def referenceable(source_images: Sequence[Dataset]) -> list[Dataset]:
+    """The sources, with SOP Class / Instance UIDs taken from the file meta information where
+    a de-identification tool blanked them (a SEG must reference them). Affected datasets are
+    copied; the caller's objects are not modified."""
+    out = []
+    for ds in source_images:
+        meta = getattr(ds, "file_meta", None)
+        blank = [a for a in ("SOPClassUID", "SOPInstanceUID") if not str(ds.get(a, "") or "")]
+        if blank and meta is not None:
+            copied = Dataset()  # new element dict sharing the elements: no pixel data copy
+            copied.update(ds)
+            copied.file_meta = meta
+            ds = copied
+            for attr in blank:
+                value = meta.get(f"MediaStorage{attr}", "")
+                if value:
+                    setattr(ds, attr, value)
+        out.append(ds)
+    return out
+
+
 def check_source_images(source_images: Sequence[Dataset], labelmap: np.ndarray) -> None:
     """Raise ``ValueError`` naming the attribute when the sources cannot carry a SEG."""
     if labelmap.ndim != 3:
@@ -107,6 +128,7 @@ def build_segmentation(
         when no mapped structure is present.
     """
     labelmap = np.asarray(labelmap)
+    source_images = referenceable(source_images)
     check_source_images(source_images, labelmap)
     structures = mapping.structures_present(labelmap)
     if not structures:

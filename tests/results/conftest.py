@@ -41,11 +41,14 @@ def encoded(request, tmp_path_factory) -> Encoded:
     case = CASES[name]()
     folder = tmp_path_factory.mktemp(name)
     png = folder / "preview.png"
-    binary = encode_results(case.datasets, case.labelmap, case.mapping, PIPELINE, png_path=png)
+    # the loader's SourceGrid as it comes (labels in .array), and plain datasets + array
+    binary = encode_results(case.source_grid, None, case.mapping, PIPELINE, image=case.image,
+                            png_path=png)
     labelmap = encode_results(
         case.datasets, case.labelmap, case.mapping, PIPELINE,
         EncodeOptions(segmentation_type="LABELMAP", labelmap_compression=LABELMAP_SYNTAX[name],
                       preview=False),
+        image=case.image,
     )
     return Encoded(case, binary, labelmap, png)
 

@@ -2,8 +2,8 @@
 
 ``example_ct()``: the real CT series ``example_ct_dicom`` (20 axial slices, 512²) with
 TotalSegmentator's ``example_seg_dicom.nii.gz`` resampled onto its grid. The files have empty
-Study/Series/SOP Instance UIDs, so deterministic ones are filled in here (the assembler does
-the same for such senders). ``synthetic_mr(direction)``: tests/synthetic.py's sagittal T2w
+Study/Series UIDs, so deterministic ones are filled in here; the loader repairs the blank
+SOP UIDs. Both cases go through ``converters.load_series`` / ``to_source_grid``. ``synthetic_mr(direction)``: tests/synthetic.py's sagittal T2w
 lumbar MR with a TotalSpineSeg-style label map derived from its known tissue classes.
 """
 
@@ -18,7 +18,8 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from converters.vocabulary import LabelMapping
+import converters
+from converters.vocabulary import LabelMapping, totalspineseg
 from tests import synthetic
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "totalsegmentator-ref"
@@ -33,9 +34,11 @@ TOTALSEG_MAPPING = LabelMapping(
 
 @dataclass
 class Case:
-    datasets: list[Dataset]  # sorted along the slice normal, with pixel data
+    datasets: list[Dataset]  # source datasets in the order of the label map frames
     labelmap: np.ndarray  # (frames, rows, cols) on the source grid
     mapping: LabelMapping
+    image: np.ndarray | None = None  # modality values on the same frames (HU on CT)
+    source_grid: object = None  # converters.SourceGrid the case was built with
 
 
 def sort_along_normal(datasets: list[Dataset]) -> list[Dataset]:
@@ -44,34 +47,28 @@ def sort_along_normal(datasets: list[Dataset]) -> list[Dataset]:
     return sorted(datasets, key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))))
 
 
-def grid_image(datasets: list[Dataset]) -> sitk.Image:
-    """An empty SimpleITK image on the (sorted) DICOM grid."""
-    first = datasets[0]
-    iop = np.asarray(first.ImageOrientationPatient, float)
-    normal = np.cross(iop[:3], iop[3:])
-    img = sitk.Image(int(first.Columns), int(first.Rows), len(datasets), sitk.sitkUInt8)
-    p0 = np.asarray(first.ImagePositionPatient, float)
-    dz = float(np.dot(normal, np.asarray(datasets[-1].ImagePositionPatient, float) - p0)) / (len(datasets) - 1)
-    img.SetSpacing((float(first.PixelSpacing[1]), float(first.PixelSpacing[0]), dz))
-    img.SetOrigin(tuple(p0))
-    img.SetDirection(tuple(np.column_stack([iop[:3], iop[3:], normal]).ravel()))
-    return img
+def _on_source_grid(datasets: list[Dataset], labels_on_volume) -> Case:
+    """Load ``datasets`` with the node's loader, compute labels on its volume, map them back."""
+    volume = converters.load_series(datasets)
+    labels = labels_on_volume(volume)
+    grid = converters.to_source_grid(volume, labels)
+    assert not volume.resampled  # the image array then lines up with the source frames
+    return grid, sitk.GetArrayFromImage(volume.image).astype(np.float32)
 
 
 def example_ct() -> Case:
     datasets = []
     for path in sorted((DATA / "example_ct_dicom").iterdir()):
         ds = pydicom.dcmread(path)
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+        # the assembler gives such senders' series stable UIDs; the loader repairs SOP UIDs
         ds.StudyInstanceUID = generate_uid(entropy_srcs=["example_ct study"])
         ds.SeriesInstanceUID = generate_uid(entropy_srcs=["example_ct series"])
         ds.SeriesNumber = 3
         datasets.append(ds)
-    datasets = sort_along_normal(datasets)
-    labels = sitk.ReadImage(str(DATA / "example_seg_dicom.nii.gz"))
-    on_grid = sitk.Resample(labels, grid_image(datasets), sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    return Case(datasets, sitk.GetArrayFromImage(on_grid), TOTALSEG_MAPPING)
+    nifti = sitk.ReadImage(str(DATA / "example_seg_dicom.nii.gz"))
+    grid, hu = _on_source_grid(datasets, lambda vol: sitk.Resample(
+        nifti, vol.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    return Case(list(grid.datasets), grid.array, TOTALSEG_MAPPING, hu, grid)
 
 
 def synthetic_mr(direction: np.ndarray | None = None) -> Case:
@@ -81,15 +78,17 @@ def synthetic_mr(direction: np.ndarray | None = None) -> Case:
     if direction is not None:
         kw["direction"] = direction
     syn = synthetic.sagittal_t2_mr(**kw)
-    datasets = sort_along_normal(list(syn.datasets))
-    stored = np.stack([d.pixel_array for d in datasets]).astype(int)
-    labels = np.zeros(stored.shape, np.uint8)
-    block = np.indices(stored.shape)[1] // 12  # rows run head → feet, 12 rows per level
-    body = (stored >= 480) & (stored < 600)
-    disc = (stored >= 1380) & (stored < 1500)
-    labels[body] = (41 + block[body]).astype(np.uint8)  # TotalSpineSeg L1..L4
-    labels[disc] = (92 + block[disc]).astype(np.uint8)  # L1-L2 .. L4-L5
-    labels[stored >= 1780] = 2  # canal
-    from converters.vocabulary import totalspineseg
 
-    return Case(datasets, labels, totalspineseg())
+    def labels_of(volume) -> np.ndarray:
+        stored = sitk.GetArrayFromImage(volume.image).astype(int)  # MR: no rescale
+        labels = np.zeros(stored.shape, np.uint8)
+        block = np.indices(stored.shape)[1] // 12  # rows run head → feet, 12 rows per level
+        body = (stored >= 480) & (stored < 600)
+        disc = (stored >= 1380) & (stored < 1500)
+        labels[body] = (41 + block[body]).astype(np.uint8)  # TotalSpineSeg L1..L4
+        labels[disc] = (92 + block[disc]).astype(np.uint8)  # L1-L2 .. L4-L5
+        labels[stored >= 1780] = 2  # canal
+        return labels
+
+    grid, values = _on_source_grid(list(syn.datasets), labels_of)
+    return Case(list(grid.datasets), grid.array, totalspineseg(), values, grid)
