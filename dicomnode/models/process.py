@@ -110,7 +110,7 @@ def _load(case: Case) -> Any:
     return converters.load_series(list(case.paths), keep_pixel_data=True)
 
 
-def _write_result(case_dir: Path, volume: Any, result: PipelineResult, encode: bool) -> list[Path]:
+def write_result(case_dir: Path, volume: Any, result: PipelineResult, encode: bool) -> list[Path]:
     import numpy as np
     import SimpleITK as sitk
 
@@ -158,7 +158,7 @@ def process_cases(cases: list[Case], pipeline: Pipeline, out: Path, *, encode: b
         try:
             volume = _load(case)
             result = pipeline.run(volume)
-            outputs = _write_result(out / case.name, volume, result, encode and case.kind == "dicom")
+            outputs = write_result(out / case.name, volume, result, encode and case.kind == "dicom")
             outcomes.append(CaseOutcome(case, True, outputs=outputs,
                                         seconds=time.perf_counter() - start))
         except Exception as exc:  # one bad series must not stop a cohort run; reported per case

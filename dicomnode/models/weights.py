@@ -102,7 +102,7 @@ def download(url: str, dest: Path, sha256: str | None = None, *, timeout: float 
                     f"file to this machine and use 'dicomnode models install'"
                     + (f" (the partial download {part} is kept and will be resumed)"
                        if part.exists() else "")) from exc
-            time.sleep(min(2.0 * attempt, 5.0))
+            time.sleep(min(1.0 * attempt, 5.0))
     if sha256 is not None:
         actual = sha256_of(part)
         if actual != sha256.lower():

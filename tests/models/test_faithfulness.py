@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -43,19 +44,47 @@ def ct_volume(shape: tuple[int, int, int] = (24, 40, 36), seed: int = 3) -> sitk
     return image
 
 
-def reference(folder: Path, image: sitk.Image, folds: list[str], work: Path) -> np.ndarray:
-    """nnU-Net's own prediction of ``image`` (its CLI, default preprocessing workers reduced to 1)."""
-    inputs, outputs = work / "ref_in", work / "ref_out"
-    inputs.mkdir(parents=True)
-    sitk.WriteImage(image, str(inputs / "case_0000.nii.gz"))
-    run = subprocess.run(
-        [str(NNUNET_CLI), "-i", str(inputs), "-o", str(outputs), "-m", str(folder), "-f", *folds,
-         "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"],
-        capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = sitk.ReadImage(str(outputs / "case.nii.gz"))
-    assert result.GetSize() == image.GetSize()
-    return sitk.GetArrayFromImage(result)
+def dicom_case() -> tuple[object, sitk.Image]:
+    """The faithfulness volume as a synthetic CT series (stored values + rescale −1024)."""
+    from tests import synthetic
+
+    image = ct_volume((16, 40, 36))
+    stored = sitk.GetArrayFromImage(image).astype(np.int32) + 1024
+    series = synthetic.single_frame_series(
+        name="faithful_ct", shape=stored.shape, spacing=image.GetSpacing(),
+        direction=np.array(image.GetDirection()).reshape(3, 3), origin=image.GetOrigin(),
+        stored=stored)
+    return series, series.expected
+
+
+@pytest.fixture(scope="module")
+def reference(model_folders: dict[str, Path],
+              tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], np.ndarray]:
+    """nnU-Net's own prediction of each case, one CLI run per model (its start-up is the slow part).
+
+    ``-npp 1 -nps 1``: one preprocessing and one export worker, for the shared CI cores.
+    """
+    cases = {"nifti": ct_volume(), "dicom": dicom_case()[1]}
+    folds = {"m": ["all"], "l": ["0", "1", "2", "3", "4"]}
+    done: dict[str, Path] = {}
+
+    def get(variant: str, case: str) -> np.ndarray:
+        if variant not in done:
+            work = tmp_path_factory.mktemp(f"reference_{variant}")
+            for name, image in cases.items():
+                sitk.WriteImage(image, str(work / f"{name}_0000.nii.gz"))
+            run = subprocess.run(
+                [str(NNUNET_CLI), "-i", str(work), "-o", str(work / "out"), "-m",
+                 str(model_folders[variant]), "-f", *folds[variant], "--disable_tta",
+                 "-device", "cpu", "-npp", "1", "-nps", "1"],
+                capture_output=True, text=True, timeout=300)
+            assert run.returncode == 0, run.stderr[-3000:]
+            done[variant] = work / "out"
+        result = sitk.ReadImage(str(done[variant] / f"{case}.nii.gz"))
+        assert result.GetSize() == cases[case].GetSize()
+        return sitk.GetArrayFromImage(result)
+
+    return get
 
 
 def store_with(config_file: Path, name: str, folder: Path) -> ModelStore:
@@ -72,16 +101,17 @@ def ours(config_file: Path, source: Path, out: Path, model: str) -> sitk.Image:
     return sitk.ReadImage(str(case / "labels.nii.gz"))
 
 
-@pytest.mark.parametrize(("variant", "folds"), [("m", ["all"]), ("l", ["0", "1", "2", "3", "4"])])
+@pytest.mark.parametrize("variant", ["m", "l"])
 def test_process_nifti_equals_nnunet_cli(model_folders: dict[str, Path], config_file: Path,
-                                        tmp_path: Path, variant: str, folds: list[str]) -> None:
+                                        reference: Callable[[str, str], np.ndarray],
+                                        tmp_path: Path, variant: str) -> None:
     image = ct_volume()
     store_with(config_file, f"vertebral-bodies-ct-{variant}", model_folders[variant])
     source = tmp_path / "ct.nii.gz"
     sitk.WriteImage(image, str(source))
 
     labelmap = ours(config_file, source, tmp_path / "out", f"vertebral-bodies-ct-{variant}")
-    expected = reference(model_folders[variant], image, folds, tmp_path)
+    expected = reference(variant, "nifti")
 
     got = sitk.GetArrayFromImage(labelmap)
     assert len(np.unique(expected)) > 3, "random weights should predict several labels"
@@ -91,25 +121,18 @@ def test_process_nifti_equals_nnunet_cli(model_folders: dict[str, Path], config_
 
 
 def test_process_dicom_series_equals_nnunet_cli(model_folders: dict[str, Path], config_file: Path,
+                                               reference: Callable[[str, str], np.ndarray],
                                                tmp_path: Path) -> None:
     """The same check from a DICOM series: loaded by converters.load_series, raw voxel order."""
-    synthetic = pytest.importorskip("tests.synthetic")
-    converters = pytest.importorskip("converters")
-    if not hasattr(converters, "load_series"):
-        pytest.skip("converters.load_series is not available yet")
-    image = ct_volume((16, 40, 36))
-    stored = sitk.GetArrayFromImage(image).astype(np.int32) + 1024  # rescale intercept -1024
-    series = synthetic.single_frame_series(
-        name="faithful_ct", shape=stored.shape, spacing=image.GetSpacing(),
-        direction=np.array(image.GetDirection()).reshape(3, 3), origin=image.GetOrigin(),
-        stored=stored)
+    from tests import synthetic
+
+    series, _ = dicom_case()
     folder = tmp_path / "dicom"
     synthetic.write_series(series, folder)
     store_with(config_file, "vertebral-bodies-ct-m", model_folders["m"])
 
     labelmap = ours(config_file, folder, tmp_path / "out", "vertebral-bodies-ct-m")
-    expected = reference(model_folders["m"], series.expected, ["all"], tmp_path)
-    assert np.array_equal(sitk.GetArrayFromImage(labelmap), expected)
+    assert np.array_equal(sitk.GetArrayFromImage(labelmap), reference("m", "dicom"))
 
 
 def test_nnunet_cli_is_installed() -> None:

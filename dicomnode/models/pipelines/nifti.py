@@ -8,6 +8,9 @@ results back onto the volume's grid, without touching the disk.
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -59,3 +62,39 @@ def labelmap_on(nii: nib.Nifti1Image, image: sitk.Image) -> sitk.Image:
     """A NIfTI label map on the volume's voxel grid (same voxel order) as a SimpleITK image."""
     data = np.asanyarray(nii.dataobj)
     return labelmap_like(data.transpose(2, 1, 0), image)
+
+
+def itk_written(data: np.ndarray, like: nib.Nifti1Image) -> nib.Nifti1Image:
+    """``data`` on the grid of ``like`` as nnU-Net's SimpleITKIO writes it and nibabel reads it back.
+
+    nnU-Net reads its input with SimpleITK and writes the prediction with the geometry ITK read;
+    ITK derives the direction from the NIfTI quaternion and stores its own float32 ``srow``, which
+    can differ from nibabel's by one float32 ulp. That ulp matters: TotalSpineSeg's final
+    nearest-neighbour resampling of oblique images can land exactly half-way between voxels. So
+    the header comes from a real ITK write/read of a one-voxel image with ``like``'s header (the
+    voxel count does not enter the geometry); the label data never leave memory.
+    """
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    with tempfile.TemporaryDirectory(dir=_RAM_DISK if os.path.isdir(_RAM_DISK) else None) as tmp:
+        header = like.header.copy()
+        header.set_data_shape((1, 1, 1))
+        header.set_data_dtype(np.uint8)
+        source, written = Path(tmp) / "in.nii", Path(tmp) / "out.nii"
+        nib.save(nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), like.affine, header), source)
+        read = sitk.ReadImage(str(source))
+        seg = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+        seg.SetSpacing(read.GetSpacing())
+        seg.SetOrigin(read.GetOrigin())
+        seg.SetDirection(read.GetDirection())
+        sitk.WriteImage(seg, str(written))
+        itk = nib.load(written)
+        affine, header = itk.affine, itk.header.copy()
+    dtype = np.uint8 if data.max(initial=0) < 255 else np.uint16  # SimpleITKIO.write_seg
+    header.set_data_shape(data.shape)
+    header.set_data_dtype(dtype)
+    return file_handoff(nib.Nifti1Image(np.ascontiguousarray(data.astype(dtype)), affine, header))
+
+
+_RAM_DISK = "/dev/shm"

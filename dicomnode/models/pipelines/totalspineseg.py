@@ -55,7 +55,7 @@ from dicomnode.models.pipelines.base import (
     VolumeLike,
     check_scalar_3d,
 )
-from dicomnode.models.pipelines.nifti import file_handoff, labelmap_on, to_nifti
+from dicomnode.models.pipelines.nifti import file_handoff, itk_written, labelmap_on, to_nifti
 from dicomnode.models.runtime import InferenceSettings, ModelFolder
 
 if TYPE_CHECKING:
@@ -130,15 +130,6 @@ def _nnunet_input(channels: list[nib.Nifti1Image]) -> tuple[np.ndarray, tuple[fl
     array = np.stack([np.asanyarray(c.dataobj).transpose(2, 1, 0) for c in channels])
     spacing = tuple(float(z) for z in channels[0].header.get_zooms()[:3])[::-1]
     return array.astype(np.float32), spacing
-
-
-def _nnunet_output(labels: np.ndarray, like: nib.Nifti1Image) -> nib.Nifti1Image:
-    """nnU-Net's written segmentation (uint8, the input's geometry) as the next step loads it."""
-    import nibabel as nib
-
-    nii = nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0).astype(np.uint8)), like.affine)
-    nii.set_data_dtype(np.uint8)
-    return file_handoff(nii)
 
 
 class TotalSpineSeg(Pipeline):
@@ -224,7 +215,7 @@ class TotalSpineSeg(Pipeline):
     def _predict(self, folder: ModelFolder, channels: list[nib.Nifti1Image]) -> nib.Nifti1Image:
         array, spacing = _nnunet_input(channels)
         labels = self.runtime.predict(folder, OFFICIAL_SETTINGS, array, spacing)
-        return _nnunet_output(labels, channels[0])
+        return itk_written(labels.transpose(2, 1, 0), channels[0])
 
     @staticmethod
     def _label(iterative_label: Any, seg: nib.Nifti1Image, parameters: dict[str, Any],
