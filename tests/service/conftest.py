@@ -129,7 +129,7 @@ def storescu(port: int, *paths: Path, calling: str = "STORESCU", called: str = A
              extra: tuple[str, ...] = (), timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Send files/folders with dcmtk storescu (proposing JPEG 2000 as the files are); its log
     (stderr) is merged into ``stdout``."""
-    command = ["storescu", "-v", "-xv", "+sd", "-aet", calling, "-aec", called, *extra,
+    command = ["storescu", "-v", "-xv", "+sd", "+r", "-aet", calling, "-aec", called, *extra,
                "127.0.0.1", str(port), *map(str, paths)]
     return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout)
@@ -255,6 +255,8 @@ def make_node(tmp_path: Path) -> Iterator[Any]:
             "storage": {"path": "var", "min_free": "1 MB"},
             "assembly": {"series_timeout": 1.5},
             "logging": {"level": "INFO"},
+            # Receive and hold only: these tests look at jobs as the assembler leaves them.
+            "jobs": {"enabled": False},
         }
         for section, values in overrides.items():
             config.setdefault(section, {}).update(values)
