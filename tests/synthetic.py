@@ -45,6 +45,10 @@ Cases that split, fail or resample:
                                       or nothing distinguishing when ``distinguish=False``).
     ``missing_slice()``               axial, 3 mm, the slice at 45 mm removed.
     ``two_stacks()``                  axial (8 slices) and sagittal (5 slices), one series.
+    ``multi_echo(tag)``               sagittal MR with two interleaved stacks at the same positions
+                                      told apart by ``tag``: "EchoNumbers" (echo 1/2, TE 10/90 ms),
+                                      "TemporalPositionIdentifier" (1/2) or "DiffusionBValue"
+                                      (0/800); ``expected`` is the first, ``notes["second"]``.
     ``with_localizer()``              axial_ct plus 2 LOCALIZER slices in the same series.
     ``gantry_tilt(deg)``              CT with GantryDetectorTilt: tilted planes, table steps.
     ``irregular_spacing()``           axial with a spacing change (3 mm then 1.5 mm).
@@ -109,6 +113,7 @@ __all__ = [
     "irregular_spacing",
     "legacy_converted_ct",
     "missing_slice",
+    "multi_echo",
     "non_image",
     "oblique_ct",
     "oblique_direction",
@@ -646,6 +651,24 @@ def two_stacks() -> Synthetic:
         ds.InstanceNumber = 100 + i
     return Synthetic("two_stacks", ax.datasets + sag.datasets, ax.expected,
                      notes={"secondary": sag.expected})
+
+
+def multi_echo(tag: str = "EchoNumbers") -> Synthetic:
+    """Two stacks at identical positions, distinguished only by ``tag`` (see the module
+    docstring); InstanceNumbers interleave, as scanners write multi-echo series."""
+    first = sagittal_t2_mr(name=f"multi_{tag}_1", shape=(5, 16, 12), seed=0)
+    second = sagittal_t2_mr(name=f"multi_{tag}_2", shape=(5, 16, 12), seed=7,
+                            series_uid=first.datasets[0].SeriesInstanceUID)
+    values = {"EchoNumbers": (1, 2), "TemporalPositionIdentifier": (1, 2),
+              "DiffusionBValue": (0.0, 800.0)}[tag]
+    for rank, syn in enumerate((first, second)):
+        for i, ds in enumerate(syn.datasets):
+            ds.InstanceNumber = 2 * i + rank + 1
+            setattr(ds, tag, values[rank])
+            if tag == "EchoNumbers":
+                ds.EchoTime = (10.0, 90.0)[rank]
+    mixed = [ds for pair in zip(second.datasets, first.datasets) for ds in pair]
+    return Synthetic(f"multi_{tag}", mixed, first.expected, notes={"second": second.expected})
 
 
 def with_localizer() -> Synthetic:

@@ -202,6 +202,24 @@ def test_two_stacks_primary_and_override() -> None:
         load_series(syn.datasets, select_stack=5)
 
 
+@pytest.mark.parametrize("tag", ["EchoNumbers", "TemporalPositionIdentifier", "DiffusionBValue"])
+def test_echoes_time_points_b_values_split(tag: str) -> None:
+    syn = S.multi_echo(tag)
+    first = load_series(syn.datasets)
+    assert_same_image(first.image, syn.expected)
+    assert len(first.stacks) == 2
+    assert_same_image(load_series(syn.datasets, select_stack=1).image, syn.notes["second"])
+
+
+def test_b_values_split_from_files(tmp_path) -> None:
+    """DiffusionBValue is binary (FD) in files: read through pydicom, not as text."""
+    syn = S.multi_echo("DiffusionBValue")
+    paths = S.write_series(syn, tmp_path)
+    volume = load_series(paths, select_stack=lambda stacks: max(stacks, key=lambda s: s.identity.b_value))
+    assert_same_image(volume.image, syn.notes["second"])
+    assert "b-value 800.0" in volume.stacks[0]
+
+
 @pytest.mark.parametrize("distinguish", [True, False])
 def test_duplicated_positions_split(distinguish: bool) -> None:
     syn = S.duplicated_positions(distinguish)
