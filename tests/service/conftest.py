@@ -8,6 +8,7 @@ driven with dcmtk's ``storescu``/``echoscu``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib
@@ -19,7 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,23 +244,13 @@ class RunningNode:
         return status
 
 
-@pytest.fixture
-def make_node(tmp_path: Path) -> Iterator[Any]:
-    """Factory: ``make_node(**section_overrides)`` starts a node; all are stopped at teardown."""
+@contextlib.contextmanager
+def running_nodes(tmp_path: Path) -> Iterator[Callable[[dict[str, Any], int], RunningNode]]:
+    """``launch(config, port)`` starts a node in its own folder under ``tmp_path``; every node
+    still running is stopped (SIGTERM) on exit. Shared by the fixtures that need nodes."""
     nodes: list[RunningNode] = []
 
-    def factory(**overrides: dict[str, Any]) -> RunningNode:
-        port = free_port()
-        config: dict[str, Any] = {
-            "node": {"ae_title": AE_TITLE, "host": "127.0.0.1", "port": port},
-            "storage": {"path": "var", "min_free": "1 MB"},
-            "assembly": {"series_timeout": 1.5},
-            "logging": {"level": "INFO"},
-            # Receive and hold only: these tests look at jobs as the assembler leaves them.
-            "jobs": {"enabled": False},
-        }
-        for section, values in overrides.items():
-            config.setdefault(section, {}).update(values)
+    def launch(config: dict[str, Any], port: int) -> RunningNode:
         root = tmp_path / f"node{len(nodes)}"
         root.mkdir()
         node = RunningNode(root, config, port)
@@ -267,10 +258,36 @@ def make_node(tmp_path: Path) -> Iterator[Any]:
         node.start()
         return node
 
-    yield factory
-    for node in nodes:
-        if node.process is not None and node.process.poll() is None:
-            node.stop()
+    try:
+        yield launch
+    finally:
+        for node in nodes:
+            if node.process is not None and node.process.poll() is None:
+                node.stop()
+
+
+def base_config(port: int, **overrides: dict[str, Any]) -> dict[str, Any]:
+    """A test configuration on loopback ``port`` with a short series timeout."""
+    config: dict[str, Any] = {
+        "node": {"ae_title": AE_TITLE, "host": "127.0.0.1", "port": port},
+        "storage": {"path": "var", "min_free": "1 MB"},
+        "assembly": {"series_timeout": 1.5},
+        "logging": {"level": "INFO"},
+    }
+    for section, values in overrides.items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+@pytest.fixture
+def make_node(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
+    """Factory: ``make_node(**section_overrides)`` starts a node; all are stopped at teardown."""
+    with running_nodes(tmp_path) as launch:
+        def factory(**overrides: dict[str, Any]) -> RunningNode:
+            port = free_port()
+            return launch(base_config(port, **overrides), port)
+
+        yield factory
 
 
 @pytest.fixture(scope="session")
