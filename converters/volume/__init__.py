@@ -1,9 +1,24 @@
 """DICOM series → volume with exact geometry, and back (label maps onto source frames).
 
 Entry points: :func:`load_series` and :func:`to_source_grid` (inverse:
-:func:`from_source_grid`). See :mod:`converters.volume.loader` for the pixel type rule,
-:mod:`converters.volume.stacks` for how series split into stacks and which is primary, and
-:mod:`converters.volume.resample` for gantry tilt / irregular spacing.
+:func:`from_source_grid`).
+
+Decisions, each documented where it is made:
+
+- Geometry (:mod:`.geometry`): LPS; direction columns = row cosine, column cosine, their
+  cross product; slices ascending along that normal — never InstanceNumber or file order.
+- Stacks (:mod:`.stacks`): split by series, echo, temporal position, b-value, enhanced
+  StackID, orientation (normals > 5° apart) and repeated positions; primary = most frames,
+  then earliest echo/time point/acquisition; ``select_stack`` overrides.
+- Not volumes (:mod:`.frames`): SOP classes other than CT/MR/PET images, ImageType
+  LOCALIZER/SCOUT/SCREEN SAVE/PROJECTION IMAGE…, colour images, no geometry.
+- Grid (:mod:`.geometry`, :mod:`.resample`): slices must sit within 0.01 mm of a regular,
+  unsheared grid; otherwise resampled (default) or rejected per ``on_tilt`` /
+  ``on_irregular``; an isolated gap over 1.5× the median spacing is a missing slice
+  (error unless ``on_missing="resample"``). Resampling reproduces dcm2niix's tilt-corrected,
+  equidistant grid.
+- Pixel type (:mod:`.loader`): rescaled values; stored type without rescale, int16/int32
+  for integer rescale, float32 otherwise.
 """
 
 from .errors import (

@@ -125,11 +125,22 @@ class SourceGrid:
     ``frames[i]``; ``datasets`` are the source instances in the order the frames use them
     (for a multi-frame source: every frame of it, in frame-number order, frames outside
     the loaded stack all zero).
+
+    Geometry of the frames, for writers that must state it themselves (highdicom 0.28
+    reads PixelMeasures/PlaneOrientation of a multi-frame source only from its Shared
+    Functional Groups): ``positions[i]`` is ImagePositionPatient of ``frames[i]`` (NaN for
+    frames outside the loaded stack), ``orientation`` the ImageOrientationPatient and
+    ``pixel_spacing`` the PixelSpacing (row, column) shared by the stack, ``spacing_between_slices``
+    the volume's slice spacing in mm.
     """
 
     datasets: list[Dataset]
     frames: list[SourceFrame]
     array: np.ndarray
+    positions: np.ndarray
+    orientation: tuple[float, float, float, float, float, float]
+    pixel_spacing: tuple[float, float]
+    spacing_between_slices: float
 
 
 def load_series(
@@ -390,9 +401,11 @@ def to_source_grid(volume: Volume, labelmap: sitk.Image | np.ndarray) -> SourceG
         per_frame = grid_to_frames(labels, volume.grid, rows, columns)
     else:
         per_frame = labels
-    by_source = {src: per_frame[k] for k, src in enumerate(volume.sources)}
+    by_source = {src: k for k, src in enumerate(volume.sources)}
     frames: list[SourceFrame] = []
     planes: list[np.ndarray] = []
+    positions: list[np.ndarray] = []
+    nowhere = np.full(3, np.nan)
     empty = np.zeros((rows, columns), labels.dtype)
     for ds in volume.datasets:
         count = int(ds.get("NumberOfFrames", 1) or 1)
@@ -402,9 +415,17 @@ def to_source_grid(volume: Volume, labelmap: sitk.Image | np.ndarray) -> SourceG
         else:
             refs = [SourceFrame(sop_uid, None, sop_class)]
         for ref in refs:
+            k = by_source.get(ref)
             frames.append(ref)
-            planes.append(by_source.get(ref, empty))
-    return SourceGrid(datasets=list(volume.datasets), frames=frames, array=np.stack(planes))
+            planes.append(empty if k is None else per_frame[k])
+            positions.append(nowhere if k is None else volume.positions[k])
+    plane = volume.plane
+    return SourceGrid(
+        datasets=list(volume.datasets), frames=frames, array=np.stack(planes),
+        positions=np.stack(positions),
+        orientation=tuple(float(v) for v in (*plane.row, *plane.column)),  # type: ignore[arg-type]
+        pixel_spacing=(plane.row_spacing, plane.column_spacing),
+        spacing_between_slices=float(volume.image.GetSpacing()[2]))
 
 
 def from_source_grid(volume: Volume, source: SourceGrid | np.ndarray) -> sitk.Image:

@@ -76,6 +76,7 @@ def assert_round_trip(volume: Volume) -> None:
     assert back.GetOrigin() == volume.image.GetOrigin()
     for k, ref in enumerate(volume.sources):
         np.testing.assert_array_equal(grid.array[grid.frames.index(ref)], labels[k])
+        np.testing.assert_array_equal(grid.positions[grid.frames.index(ref)], volume.positions[k])
 
 
 @pytest.mark.parametrize("name", LOADABLE)
