@@ -8,7 +8,6 @@ multi-frame instance. Everything later in the loader works on frames.
 
 from __future__ import annotations
 
-import functools
 import os
 import struct
 from dataclasses import dataclass
@@ -227,10 +226,19 @@ _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN
 _UNSIGNED_SHORT = struct.Struct("<H")
 
 
-@functools.cache
+#: Keyword → tag for the attributes read on every frame (pydicom's keyword lookup would
+#: otherwise run on every access); read-only after import.
+_TAGS: dict[str, BaseTag] = {keyword: Tag(keyword) for keyword in (
+    "AcquisitionNumber", "BitsAllocated", "BitsStored", "Columns", "DiffusionBValue",
+    "EchoNumbers", "EchoTime", "ImageOrientationPatient", "ImagePositionPatient", "ImageType",
+    "InstanceNumber", "NumberOfFrames", "PhotometricInterpretation", "PixelData",
+    "PixelRepresentation", "PixelSpacing", "RescaleIntercept", "RescaleSlope", "Rows",
+    "SOPClassUID", "SOPInstanceUID", "SamplesPerPixel", "SeriesInstanceUID",
+    "TemporalPositionIdentifier")}
+
+
 def _tag(keyword: str) -> BaseTag:
-    """Keyword → tag, once per keyword (pydicom's lookup runs on every access otherwise)."""
-    return Tag(keyword)
+    return _TAGS.get(keyword) or Tag(keyword)
 
 
 def value(ds: Dataset, keyword: str, default: object = None) -> object:

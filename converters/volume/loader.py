@@ -190,7 +190,7 @@ def load_series(
     for ds, owned in read:
         repaired += owned and repair_sop_uids(ds)
         uid = sop_uids(ds)[1]
-        if uid in seen:  # the same instance sent twice is one instance
+        if uid and uid in seen:  # the same instance sent twice is one instance
             continue
         seen.add(uid)
         reason = exclusion_reason(ds)

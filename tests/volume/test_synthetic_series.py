@@ -237,6 +237,13 @@ def test_single_repeated_slice_becomes_its_own_stack() -> None:
     assert len(volume.stacks) == 2 and "repeat 1" in volume.stacks[0]
 
 
+def test_same_instance_twice_counts_once() -> None:
+    syn = S.axial_ct()
+    volume = load_series([*syn.datasets, copy.deepcopy(syn.datasets[4])])
+    assert_same_image(volume.image, syn.expected)
+    assert len(volume.stacks) == 1
+
+
 def test_near_duplicate_that_escapes_splitting_is_an_error() -> None:
     """Positions 0.0002 mm apart that fall on both sides of the splitter's rounding."""
     syn = S.axial_ct()
