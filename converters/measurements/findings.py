@@ -11,6 +11,7 @@ from ..vocabulary import LabelMapping, Structure
 from .geometry import Grid
 from .spine import (
     BodyHeights,
+    anterior_of,
     RegionStatistics,
     body_heights,
     disc_height,
@@ -69,6 +70,40 @@ def _by_level(layers: Sequence[Layer], level: str) -> tuple[Layer, Structure] | 
     return None
 
 
+def _find(layers: Sequence[Layer], kinds: tuple[str, ...], key: str | None = None
+          ) -> tuple[Layer, Structure] | None:
+    for layer in layers:
+        for s in layer.structures:
+            if s.kind in kinds and (key is None or s.key == key):
+                return layer, s
+    return None
+
+
+def _body_mask(layers: Sequence[Layer], layer: Layer, s: Structure, mask: np.ndarray,
+               grid: Grid) -> np.ndarray | None:
+    """The vertebral body of a per-level structure, or ``None`` when it has none.
+
+    A body label is its own body. A whole vertebra's body is its overlap with a generic
+    vertebral-body label of another label map (SPINEPS: instances × semantic corpus), else
+    its part in front of the spinal canal (TotalSpineSeg: canal labelled around the cord).
+    """
+    if not s.level or s.kind not in ("body", "vertebra"):
+        return None
+    if s.kind == "body":
+        return mask
+    corpus = _find([ly for ly in layers if ly is not layer], ("body",), "vertebral_body")
+    if corpus is not None:
+        return mask & corpus[0].mask("vertebral_body")
+    canal = _find(layers, ("canal",))
+    if canal is None:
+        return None
+    region = canal[0].mask(canal[1].key)
+    cord = _find([canal[0]], ("cord",))
+    if cord is not None:
+        region |= canal[0].mask(cord[1].key)
+    return anterior_of(mask, region, grid)
+
+
 def measure(
     layers: Sequence[Layer],
     grid: Grid,
@@ -88,15 +123,19 @@ def measure(
             mask = layer.mask(s.key)
             key = (layer.mapping.name, s.key)
             out.statistics[key] = region_statistics(mask, grid, image)
-            if s.kind == "body" and s.level:
-                out.heights[key] = body_heights(mask, grid)
+            body = _body_mask(layers, layer, s, mask, grid)
+            if body is not None and body.any():
+                out.heights[key] = body_heights(body, grid)
             elif s.kind == "disc":
                 out.disc_heights[key] = disc_height(mask, grid)
     l1 = _by_level(layers, "L1")
     if hu and image is not None and l1:
         layer, s = l1
         try:
-            mean, n = trabecular_attenuation(layer.mask(s.key), grid, image, erosion_mm)
+            body = _body_mask(layers, layer, s, layer.mask(s.key), grid)
+            if body is None or not body.any():
+                raise ValueError("no vertebral body for L1")
+            mean, n = trabecular_attenuation(body, grid, image, erosion_mm)
             out.trabecular_l1 = (layer.mapping.name, s.key, mean, n)
         except ValueError:
             pass  # body cut by the field of view or too small: no value rather than a wrong one

@@ -169,6 +169,23 @@ def minimum_area_per_level(
     return out
 
 
+def anterior_of(mask: np.ndarray, boundary: np.ndarray, grid: Grid) -> np.ndarray:
+    """The part of ``mask`` in front of ``boundary``'s anterior border within the mask's
+    cranio-caudal range: a whole vertebra's body, in front of the spinal canal."""
+    pts = grid.points(mask)
+    z = pts @ SI
+    bpts = grid.points(boundary)
+    bz = bpts @ SI
+    near = (bz >= z.min()) & (bz <= z.max())
+    if not near.any():
+        return np.zeros_like(mask)
+    border = float((bpts[near] @ AP).min())  # LPS: anterior = smaller y
+    keep = (pts @ AP) < border
+    out = np.zeros_like(mask)
+    out[tuple(np.argwhere(mask)[keep].T)] = True
+    return out
+
+
 def nearest_frame(grid: Grid, point: np.ndarray) -> int:
     """Index of the frame whose plane is closest to the patient ``point``."""
     ijk = np.linalg.solve(grid.affine[:3, :3], np.asarray(point) - grid.affine[:3, 3])

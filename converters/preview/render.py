@@ -102,7 +102,10 @@ def _annotate(img: Image.Image, lab: np.ndarray, structures: Sequence[Structure]
             continue
         rows, cols = np.nonzero(lab == number)
         text = s.level or s.label
-        x, y = int(cols.max()) + 3, int(rows.mean()) - 5
+        width = draw.textlength(text, font=font)
+        # right of the structure, or inside the panel's right edge when it reaches it
+        x = int(min(cols.max() + 3, img.width - width - 2))
+        y = int(rows.mean()) - 5
         draw.text((x + 1, y + 1), text, fill=(0, 0, 0), font=font)
         draw.text((x, y), text, fill=tuple(s.rgb), font=font)
 

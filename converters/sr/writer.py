@@ -29,6 +29,7 @@ from ..results.identity import SR_SERIES_OFFSET, derived_uid, series_description
 from ..results.metadata import PipelineMetadata
 from ..seg.writer import tracking_uid
 from ..vocabulary import Structure, declare_scheme, level_code, private_code
+from ..vocabulary.table import VERTEBRAL_BODY
 
 MILLILITER = Code("mL", "UCUM", "milliliter")
 MILLIMETER = codes.UCUM.Millimeter
@@ -76,7 +77,7 @@ def _measurements(
         h = findings.heights[key]
         for where, value in ((codes.SCT.Anterior, h.anterior_mm), (codes.SCT.Central, h.middle_mm),
                              (codes.SCT.Posterior, h.posterior_mm)):
-            site = hd.sr.FindingSite(s.type, topographical_modifier=where)
+            site = hd.sr.FindingSite(VERTEBRAL_BODY, topographical_modifier=where)
             out.append(num(codes.DCM.Height, value, MILLIMETER, finding_sites=[site]))
         out.append(num(private_code("HLR"), h.height_loss_ratio, RATIO))
     if key in findings.disc_heights:

@@ -12,7 +12,6 @@ import pytest
 from pydicom.dataset import Dataset
 
 from converters.results import EncodeOptions, PipelineMetadata, encode_results
-from tests import synthetic
 from tests.results.fixtures import Case, example_ct, synthetic_mr
 
 DCIODVFY = Path(sys.executable).parent / "dciodvfy"
@@ -30,7 +29,7 @@ class Encoded:
 CASES = {
     "ct": example_ct,
     "mr_sagittal": lambda: synthetic_mr(),
-    "mr_oblique": lambda: synthetic_mr(synthetic.oblique_direction()),
+    "mr_oblique": lambda: synthetic_mr(oblique=True),
 }
 LABELMAP_SYNTAX = {"ct": "RLE", "mr_sagittal": "JPEGLS", "mr_oblique": "NONE"}
 

@@ -71,13 +71,17 @@ def example_ct() -> Case:
     return Case(list(grid.datasets), grid.array, TOTALSEG_MAPPING, hu, grid)
 
 
-def synthetic_mr(direction: np.ndarray | None = None) -> Case:
-    """Sagittal (or ``direction``-oblique) T2w MR; labels from its tissue classes:
-    bodies → L1..L4 by disc-separated block, discs → L1/L2.., CSF column → spinal canal."""
-    kw = {"shape": (9, 48, 20)}
-    if direction is not None:
-        kw["direction"] = direction
-    syn = synthetic.sagittal_t2_mr(**kw)
+#: A true sagittal plane: rows along +y (posterior), columns along −z (feet). (At the time of
+#: writing synthetic.SAGITTAL is the transpose of this, i.e. a coronal plane.)
+SAGITTAL = synthetic.direction_from((0, 1, 0), (0, 0, -1))
+
+
+def synthetic_mr(oblique: bool = False) -> Case:
+    """Sagittal (or oblique sagittal: rotated 20° about x and 15° about z) T2w MR; labels from
+    its tissue classes: bodies → L1..L4 by disc-separated block, discs → L1/L2.., CSF column
+    → spinal canal."""
+    direction = synthetic.oblique_direction() @ SAGITTAL if oblique else SAGITTAL
+    syn = synthetic.sagittal_t2_mr(shape=(9, 48, 20), direction=direction)
 
     def labels_of(volume) -> np.ndarray:
         stored = sitk.GetArrayFromImage(volume.image).astype(int)  # MR: no rescale

@@ -143,3 +143,16 @@ def test_source_order_does_not_change_the_measurements():
                               pipeline, opts)[1]
     values = lambda sr: [v for g in _groups(sr) for _, v, _, _ in _nums(g)]  # noqa: E731
     assert values(shuffled) == pytest.approx(values(ordered))
+
+
+def test_whole_vertebra_heights_use_the_body_in_front_of_the_canal(encoded):
+    if encoded.case.datasets[0].Modality != "MR":
+        pytest.skip("the CT case has no canal label")
+    groups = [g for g in _groups(encoded.binary[1])
+              if any(i.ConceptNameCodeSequence[0].CodeValue == "121207" for i in _items(g))]
+    assert len(groups) == 4 + 4  # L1-L4 bodies (from the vertebra labels) and 4 discs
+    ds = encoded.case.datasets[0]
+    if np.allclose(ds.ImageOrientationPatient, [0, 1, 0, 0, 0, -1]):  # true sagittal: exact
+        vertebra = _nums(groups[0])
+        heights = [v for c, v, _, _ in vertebra if c == "121207"]
+        assert heights == pytest.approx([9 * 0.9] * 3)  # 9 body rows of 0.9 mm
