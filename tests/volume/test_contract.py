@@ -104,3 +104,19 @@ def test_real_t2w_mr_agrees_with_dcm2niix(t2w_series, tmp_path: Path) -> None:
     ref = assert_geometry(volume.image, sitk.ReadImage(str(tmp_path / "ref.nii")))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(volume.image).astype(np.float64),
                                   sitk.GetArrayFromImage(ref).astype(np.float64))
+
+
+def test_highdicom_segmentation_on_real_ct_headers_only() -> None:
+    """Files read by the loader keep headers only; that, and the de-identified UIDs that
+    live only in the file meta, is enough for highdicom."""
+    from tests.volume.test_reference_tools import TOTALSEG, need
+
+    volume = load_series(need(TOTALSEG))
+    assert all("PixelData" not in ds for ds in volume.datasets)
+    labels = np.zeros(volume.image.GetSize()[::-1], np.uint8)
+    labels[5:8, 200:300, 200:300] = 1
+    seg = _seg_from(volume, labels)
+    assert seg.NumberOfFrames == 3
+    referenced = {item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+                  for item in seg.PerFrameFunctionalGroupsSequence}
+    assert referenced == {volume.sources[k].sop_instance_uid for k in (5, 6, 7)}
