@@ -11,6 +11,9 @@ included (VmHWM of the process; ru_maxrss for dcm2niix).
 
     .venv/bin/python benchmarks/load_series.py [--series DIR] [--json PATH] [--repeat N]
 
+CPU time (user + system, all threads) is reported too: on a shared machine it varies less
+than wall time.
+
 ``--json`` writes a list of {"name", "ours", "reference", "unit", "ratio"}; ratio is
 ours / reference (below 1 is better for us).
 """
@@ -69,7 +72,7 @@ def run_one(tool: str, folder: Path) -> dict[str, float]:
         from converters import volume  # noqa: F401
     elif tool == "simpleitk":
         import SimpleITK as sitk
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if tool == "ours":
         files = sorted(str(p) for p in folder.iterdir())
         volume = load_series(files)
@@ -88,13 +91,15 @@ def run_one(tool: str, folder: Path) -> dict[str, float]:
     else:
         raise ValueError(tool)
     seconds = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start  # all threads of this process
     if tool == "dcm2niix":
         # Its launcher (this process) is a bare interpreter, so the high-water mark that
         # Linux carries over fork/exec is small next to dcm2niix's own.
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        rss, cpu = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
     else:
         rss = _own_peak_mib()
-    return {"seconds": seconds, "rss_mib": rss, "size": list(size)}
+    return {"seconds": seconds, "cpu_seconds": cpu, "rss_mib": rss, "size": list(size)}
 
 
 def _own_peak_mib() -> float:
@@ -139,7 +144,8 @@ def main() -> None:
     rows = []
     for ref in ("simpleitk", "dcm2niix"):
         label = "SimpleITK ImageSeriesReader" if ref == "simpleitk" else "dcm2niix"
-        for key, unit, what in (("seconds", "s", "wall time"), ("rss_mib", "MiB", "peak RSS")):
+        for key, unit, what in (("seconds", "s", "wall time"), ("cpu_seconds", "s", "CPU time"),
+                                ("rss_mib", "MiB", "peak RSS")):
             ours, theirs = results["ours"][key], results[ref][key]
             rows.append({"name": f"{what} vs {label}", "ours": round(ours, 4),
                          "reference": round(theirs, 4), "unit": unit,
