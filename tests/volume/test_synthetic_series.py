@@ -102,6 +102,17 @@ def test_loads_from_files(name: str, tmp_path) -> None:
     assert_round_trip(volume)
 
 
+def test_implicit_vr_files(tmp_path) -> None:
+    """Implicit VR: raw elements carry no VR; the header fast path must look it up."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    syn = S.oblique_ct()
+    for ds in syn.datasets:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    volume = load_series(S.write_series(syn, tmp_path))
+    assert_same_image(volume.image, syn.expected)
+
+
 def test_sources_and_datasets_follow_slice_order() -> None:
     syn = S.shuffled(S.axial_ct())
     volume = load_series(syn.datasets)
