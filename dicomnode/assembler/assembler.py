@@ -63,8 +63,12 @@ class Assembler:
         self.scheduler.add_listener(self._on_timer, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
 
     def start(self) -> None:
-        """Start the scheduler: persisted timers are loaded and overdue ones fire at once."""
-        self.scheduler.start()
+        """Start the scheduler (if not started paused already): persisted timers are loaded
+        and overdue ones fire at once."""
+        if self.scheduler.running:
+            self.scheduler.resume()
+        else:
+            self.scheduler.start()
         armed = self.sweep()
         self.scheduler.add_job(self.sweep, "interval", seconds=SWEEP_INTERVAL,
                                id="assembler-sweep", replace_existing=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -147,6 +148,7 @@ class Receiver:
     def start(self) -> None:
         """Listen on ``node.host:node.port`` (returns at once; associations get threads)."""
         handlers = [
+            (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
@@ -172,6 +174,14 @@ class Receiver:
             self._server = None
 
     # -- association policy and audit --------------------------------------------------------
+
+    @staticmethod
+    def _on_connection(event: evt.Event) -> None:
+        # Answer each C-STORE at once: with Nagle's algorithm the small C-STORE-RSP can wait
+        # for the sender's delayed ACK (tens of ms per instance).
+        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _refusal(self, calling: str, called: str, address: str) -> tuple[str, int] | None:
         """Why an association must be refused: (reason, A-ASSOCIATE-RJ diagnostic)."""

@@ -30,7 +30,7 @@ def _status(args: argparse.Namespace) -> int:
     from dicomnode.store import create_schema, make_engine
 
     config = load_config(args.config)
-    engine = make_engine(config.storage.resolved_database_url(), fsync=False)
+    engine = make_engine(config.storage.resolved_database_url())
     try:
         create_schema(engine)
         status = collect_status(engine)

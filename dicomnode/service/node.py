@@ -14,6 +14,7 @@ from dicomnode.assembler import Assembler
 from dicomnode.config import Config
 from dicomnode.logs import log_event
 from dicomnode.receiver import Receiver, Spool
+from dicomnode.receiver.recovery import mark_clean, recover
 from dicomnode.store import InstanceIndex, create_schema, make_engine
 
 LOGGER = logging.getLogger("dicomnode.service")
@@ -31,8 +32,8 @@ class Node:
         self.config = config
         url = config.storage.resolved_database_url()
         fsync = config.storage.fsync
-        self.write_engine: Engine = make_engine(url, fsync=fsync, immediate=True)
-        self.scheduler_engine: Engine = make_engine(url, fsync=fsync)
+        self.write_engine: Engine = make_engine(url, immediate=True)
+        self.scheduler_engine: Engine = make_engine(url)
         self.spool = Spool(spool_root(config), fsync=fsync)
         self.index = InstanceIndex(self.write_engine)
         self.assembler = Assembler(self.write_engine, self.scheduler_engine,
@@ -46,15 +47,19 @@ class Node:
         create_schema(self.write_engine)
         partial = self.spool.prepare()
         cut_off = self.index.close_open_associations()
+        self.assembler.scheduler.start(paused=True)  # timers can be armed, none fire yet
+        reindexed = recover(self.spool, self.index, self.assembler.series_started)
         log_event(LOGGER, "node.starting", spool=str(self.spool.root),
                   database=self.write_engine.url.render_as_string(hide_password=True),
-                  partial_files_removed=partial, associations_cut_off=cut_off)
+                  partial_files_removed=partial, associations_cut_off=cut_off,
+                  reindexed=reindexed)
         self.assembler.start()
         self.receiver.start()
 
     def stop(self) -> None:
         """Graceful stop: no new associations, running C-STOREs answered, timers kept."""
         self.receiver.stop()
+        mark_clean(self.spool)
         self.assembler.stop()
         self.write_engine.dispose()
         self.scheduler_engine.dispose()

@@ -1,8 +1,12 @@
 """Engine and session factory for the index.
 
 SQLite (the default) runs in WAL mode so ``dicomnode status`` can read while the receiver
-writes, with a busy timeout so concurrent writers wait rather than fail, and
-``synchronous=FULL`` when ``storage.fsync`` is on so a committed row survives a power cut.
+writes, with a busy timeout so concurrent writers wait rather than fail. ``synchronous=NORMAL``:
+a committed row survives a crash of the node (``kill -9``) but the last commits may be lost in
+a power cut. That is safe because the spool, not the index, is the record of what was
+acknowledged: spool files are fsynced before the answer, and after an unclean shutdown the node
+re-indexes any spool file the index lacks (:mod:`dicomnode.receiver.recovery`). Syncing the WAL
+on every commit as well would cost a third fsync per instance.
 Writers open transactions with ``BEGIN IMMEDIATE``: a deferred transaction that reads first
 and writes later can fail at once with "database is locked" under concurrent associations.
 A PostgreSQL URL uses the same code; only these SQLite pragmas are skipped.
@@ -33,6 +37,9 @@ def is_sqlite(url: str) -> bool:
 def make_engine(url: str, *, fsync: bool = True, immediate: bool = False) -> Engine:
     """Create an engine for ``url``; ``immediate`` makes every SQLite transaction a writer.
 
+    ``fsync`` (``storage.fsync``) does not change the SQLite sync level, which is NORMAL either
+    way (see above): the durability of acknowledged instances rests on the spool files.
+
     The SQLite file's folder is created when missing.
     """
     if not is_sqlite(url):
@@ -50,7 +57,7 @@ def make_engine(url: str, *, fsync: bool = True, immediate: bool = False) -> Eng
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

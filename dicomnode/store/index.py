@@ -91,6 +91,11 @@ class InstanceIndex:
             return conn.execute(select(_instances.c.path).where(
                 _instances.c.sop_instance_uid == sop_instance_uid)).scalar_one_or_none()
 
+    def known_paths(self) -> set[str]:
+        """Spool paths of every indexed instance (start-up recovery compares the spool)."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(_instances.c.path)).scalars())
+
     def count_duplicate(self, sop_instance_uid: str, association_id: int | None) -> None:
         """A resend of an instance we hold: acknowledged, counted, nothing rewritten."""
         with self.engine.begin() as conn:

@@ -216,7 +216,7 @@ class RunningNode:
         return dict(json.loads(result.stdout))
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
-        """Read the index directly (SQLite)."""
+        """Read (or, to model a lost commit, change) the index directly (SQLite)."""
         with sqlite3.connect(self.root / "var" / "dicomnode.sqlite3") as conn:
             return conn.execute(sql).fetchall()
 
@@ -225,7 +225,7 @@ class RunningNode:
         from dicomnode.service.status import collect_status
         from dicomnode.store import make_engine
 
-        engine = make_engine(f"sqlite:///{self.root / 'var' / 'dicomnode.sqlite3'}", fsync=False)
+        engine = make_engine(f"sqlite:///{self.root / 'var' / 'dicomnode.sqlite3'}")
         try:
             return collect_status(engine)
         finally:
@@ -273,6 +273,8 @@ def base_config(port: int, **overrides: dict[str, Any]) -> dict[str, Any]:
         "storage": {"path": "var", "min_free": "1 MB"},
         "assembly": {"series_timeout": 1.5},
         "logging": {"level": "INFO"},
+        # Receive and hold only: complete series stay jobs in state ``complete``.
+        "jobs": {"enabled": False},
     }
     for section, values in overrides.items():
         config.setdefault(section, {}).update(values)

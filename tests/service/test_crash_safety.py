@@ -65,3 +65,23 @@ def test_series_timers_rearmed_after_kill9(make_node: Any, tmp_path: Path,
     assert status["series"][0]["state"] == "complete"
     assert [(j["state"], j["instances"]) for j in status["jobs"]] == [("complete", 3)]
     assert node.query("select count(*) from apscheduler_jobs where id like 'series:%'") == [(0,)]
+
+
+def test_spool_files_missing_from_the_index_are_reindexed(
+        make_node: Any, tmp_path: Path, ct_sources: list[Any]) -> None:
+    """Power-cut model: the index lost its last commits (SQLite synchronous=NORMAL) but the
+    synced spool files are there; the next start re-indexes them."""
+    node = make_node(assembly={"series_timeout": 30})
+    uids = write_ct_series(tmp_path / "ct", 5, sources=ct_sources)
+    sent = subprocess.run(["storescu", "-xv", "+sd", "-aec", AE_TITLE, "127.0.0.1",
+                           str(node.port), str(tmp_path / "ct")], capture_output=True, text=True)
+    assert sent.returncode == 0, sent.stderr
+    node.kill9()
+    node.query("delete from instances where id > 3")  # the lost commits
+    node.query("update series set instance_count = 3")
+    assert node.query("select count(*) from instances") == [(3,)]
+
+    node.start()
+    indexed = {uid for (uid,) in node.query("select sop_instance_uid from instances")}
+    assert indexed == set(uids.values())
+    assert node.status()["series"][0]["instances"] == 5
