@@ -102,6 +102,33 @@ def segment_descriptions(
     return out
 
 
+def _shared_geometry(source_images: Sequence[Dataset]) -> list[Dataset]:
+    """For a multi-frame source that keeps Pixel Measures / Plane Orientation only per frame,
+    a header view with them (when equal for all frames) also in the Shared Functional
+    Groups, where highdicom looks for them. SOP identity is unchanged."""
+    if len(source_images) != 1 or "PerFrameFunctionalGroupsSequence" not in source_images[0]:
+        return list(source_images)
+    ds = source_images[0]
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else Dataset()
+    missing = [k for k in ("PixelMeasuresSequence", "PlaneOrientationSequence") if k not in shared]
+    if not missing:
+        return [ds]
+    new_shared = Dataset()
+    new_shared.update(shared)
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    for keyword in missing:
+        values = {repr(item[keyword].value[0]) for item in per_frame if keyword in item}
+        if len(values) != 1:
+            raise ValueError(f"{keyword} differs between frames of the multi-frame source")
+        setattr(new_shared, keyword, per_frame[0][keyword].value)
+    view = Dataset()
+    view.update(ds)
+    if hasattr(ds, "file_meta"):
+        view.file_meta = ds.file_meta
+    view.SharedFunctionalGroupsSequence = [new_shared]
+    return [view]
+
+
 def build_segmentation(
     source_images: Sequence[Dataset],
     labelmap: np.ndarray,
@@ -140,7 +167,7 @@ def build_segmentation(
         options.labelmap_compression]
     kind = f"SEG {mapping.name}" + (" labelmap" if seg_type == "LABELMAP" else "")
     seg = hd.seg.Segmentation(
-        source_images=list(source_images),
+        source_images=_shared_geometry(source_images),
         pixel_array=pixels,
         segmentation_type=seg_type,
         segment_descriptions=segment_descriptions(structures, source, pipeline, mapping.name),

@@ -25,6 +25,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from ..measurements.findings import Findings
+from ..measurements.geometry import frame_planes
 from ..results.identity import SR_SERIES_OFFSET, derived_uid, series_description, series_number
 from ..results.metadata import PipelineMetadata
 from ..seg.writer import tracking_uid
@@ -40,10 +41,31 @@ RATIO = codes.UCUM.Ratio
 LABELMAP_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
 
 
+def _library_entry(ds: Dataset) -> Dataset:
+    """The dataset as highdicom's Image Library (TID 1601/1604) reads it: for a multi-frame
+    image, a header view with the first frame's Pixel Spacing / orientation / position at the
+    top level, where the single-frame descriptors live."""
+    if "PerFrameFunctionalGroupsSequence" not in ds or "PixelSpacing" in ds:
+        return ds
+    ipp, iop, spacing = frame_planes([ds])[0]
+    view = Dataset()
+    view.update(ds)
+    view.PixelSpacing = list(spacing)
+    view.ImageOrientationPatient = [float(v) for v in iop]
+    view.ImagePositionPatient = [float(v) for v in ipp]
+    if "SliceThickness" not in view:
+        measures = ds.PerFrameFunctionalGroupsSequence[0].get("PixelMeasuresSequence") or \
+            ds.SharedFunctionalGroupsSequence[0].get("PixelMeasuresSequence") or [Dataset()]
+        view.SliceThickness = measures[0].get("SliceThickness")
+    return view
+
+
 def _referenced_segment(seg: Dataset, number: int, source: Dataset) -> hd.sr.ReferencedSegment:
-    if seg.SOPClassUID == LABELMAP_SOP_CLASS:
-        # highdicom's from_segmentation reads per-frame Segment Identification, which a
-        # LABELMAP SEG lacks; reference the segment and its source series directly.
+    # highdicom's from_segmentation reads per-frame Segment Identification, which a LABELMAP
+    # SEG lacks and a one-segment SEG keeps in the shared groups; then reference the segment
+    # and its source series directly.
+    per_frame = seg.get("PerFrameFunctionalGroupsSequence") or [Dataset()]
+    if seg.SOPClassUID == LABELMAP_SOP_CLASS or "SegmentIdentificationSequence" not in per_frame[0]:
         return hd.sr.ReferencedSegment(
             sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
             segment_number=number,
@@ -148,7 +170,7 @@ def build_report(
         observation_context=observer,
         procedure_reported=procedure,
         imaging_measurements=groups,
-        referenced_images=list(source_images),
+        referenced_images=[_library_entry(ds) for ds in source_images],
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*source_images, *(seg for _, seg, _ in segmentations)],
