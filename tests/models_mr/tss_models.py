@@ -8,11 +8,9 @@ channels (``MRI`` + ``noNorm`` odd discs) for step 2.
 
 Random weights would make the iterative labelling fail on every input (it needs a landmark disc of
 more than 200 voxels that is the majority landmark of its disc component), so nothing after step 1
-would ever be compared. The networks are therefore real nnU-Net ``PlainConvUNet`` s whose weights
-are *set*, not trained: the first convolution turns the input intensity into ramps
-``leaky_relu(x - t)``, the deeper stage is zeroed, the decoder passes the ramps on, and the
-segmentation layer combines three ramps into a "hat" that is positive only within ±5 of one
-intensity. Each output region is thus "the image has one of these intensities here"; the phantom
+would ever be compared. The networks are therefore the hand-set intensity-band networks of
+:mod:`tests.models_mr.banded`: each output region is "the image has one of these intensities
+here" (within ±5); the phantom
 of :func:`lumbar_phantom` paints each structure with the intensity its region answers to, so the
 official pipeline and ours get a real spine to label (T12–sacrum, two landmark discs). On real MR
 images the same networks give scattered labels, which still exercises every step up to labelling.
@@ -25,12 +23,13 @@ channel would show up as extra disc voxels.
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+
+from tests.models_mr.banded import build_network, features_needed, plans_json, save_model_folder
 
 TRAINER = "nnUNetTrainerDAExtGPU"
 FOLDER = f"{TRAINER}__nnUNetPlans__3d_fullres"
@@ -74,111 +73,20 @@ def dataset_json(step: int) -> dict[str, Any]:
             "file_ending": ".nii.gz", "name": f"TotalSpineSeg_step{step}"}
 
 
-def plans_json(step: int, features: int, patch_size: Sequence[int] = (32, 32, 32)) -> dict[str, Any]:
-    """nnU-Net 2.5+ plans: 1 mm spacing, SimpleITKIO, a two-stage PlainConvUNet without norms.
-
-    Intensity normalisation is ``NoNormalization`` (the release presumably z-scores ``MRI``) so
-    that the hand-set intensity bands mean the same thing on every image; nnU-Net applies it
-    identically on both paths, so this choice does not weaken the comparison.
-    """
-    channels = 1 if step == 1 else 2
-    resampling = {"order": 3, "order_z": 0, "force_separate_z": None}
-    return {
-        "dataset_name": STEP1 if step == 1 else STEP2, "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": [1.0, 1.0, 1.0],
-        "original_median_shape_after_transp": [64, 64, 64], "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-        "experiment_planner_used": "nnUNetPlannerResEncL", "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {str(c): {
-            "max": 1000.0, "mean": 300.0, "median": 300.0, "min": 0.0, "percentile_00_5": 0.0,
-            "percentile_99_5": 900.0, "std": 150.0} for c in range(channels)},
-        "configurations": {"3d_fullres": {
-            "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-            "batch_size": 2, "patch_size": list(patch_size), "median_image_size_in_voxels": [64, 64, 64],
-            "spacing": [1.0, 1.0, 1.0], "normalization_schemes": ["NoNormalization"] * channels,
-            "use_mask_for_norm": [False] * channels,
-            "resampling_fn_data": "resample_data_or_seg_to_shape",
-            "resampling_fn_seg": "resample_data_or_seg_to_shape",
-            "resampling_fn_data_kwargs": {"is_seg": False, **resampling},
-            "resampling_fn_seg_kwargs": {"is_seg": True, **resampling, "order": 1},
-            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities_kwargs": {"is_seg": False, **resampling, "order": 1},
-            "architecture": {
-                "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                "arch_kwargs": {
-                    "n_stages": 2, "features_per_stage": [features, features],
-                    "conv_op": "torch.nn.modules.conv.Conv3d",
-                    "kernel_sizes": [[3, 3, 3]] * 2, "strides": [[1, 1, 1], [2, 2, 2]],
-                    "n_conv_per_stage": [1, 1], "n_conv_per_stage_decoder": [1],
-                    "conv_bias": True, "norm_op": None, "norm_op_kwargs": None,
-                    "dropout_op": None, "dropout_op_kwargs": None,
-                    "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-            "batch_dice": False}},
-    }
-
-
-def _set_weights(network: Any, regions: list[tuple[int, ...]], odd_channel: bool,
-                 predict_nothing: bool) -> None:
-    """Hand-set a two-stage PlainConvUNet so that region c is on where the intensity is in its set."""
-    import torch
-
-    values = sorted({v for r in regions for v in r})
-    # feature k: (input channel, threshold)
-    ramps = [(0, v + d) for v in values for d in (-HALF_WIDTH, 0.0, HALF_WIDTH)]
-    if odd_channel:
-        ramps.append((1, 0.5))
-    with torch.no_grad():
-        for p in network.parameters():
-            p.zero_()
-        first = network.encoder.stages[0][0].convs[0].conv
-        decoder = network.decoder.stages[0].convs[0].conv
-        seg = network.decoder.seg_layers[0]
-        features = first.out_channels
-        for k, (channel, threshold) in enumerate(ramps):
-            first.weight[k, channel, 1, 1, 1] = 1.0
-            first.bias[k] = -threshold
-            decoder.weight[k, features + k, 1, 1, 1] = 1.0  # input = cat(upsampled, skip)
-        for c, region in enumerate(regions):
-            seg.bias[c] = -SCALE * HALF_WIDTH / 2
-            for v in region:
-                k = 3 * values.index(v)
-                seg.weight[c, k, 0, 0, 0] += SCALE
-                seg.weight[c, k + 1, 0, 0, 0] += -2 * SCALE
-                seg.weight[c, k + 2, 0, 0, 0] += SCALE
-            if odd_channel and c == 0:
-                seg.weight[c, len(ramps) - 1, 0, 0, 0] = 4 * SCALE * HALF_WIDTH
-            if predict_nothing:
-                seg.weight[c].zero_()
-                seg.bias[c] = -SCALE * HALF_WIDTH
-
-
 def build_step(root: Path, step: int) -> Path:
     """Write ``<root>/Dataset10<step>_…/nnUNetTrainerDAExtGPU__nnUNetPlans__3d_fullres``."""
-    import torch
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
     regions = STEP1_REGIONS if step == 1 else STEP2_REGIONS
-    n_values = len({v for r in regions for v in r})
-    features = 3 * n_values + (0 if step == 1 else 1)
-    plans, dataset = plans_json(step, features), dataset_json(step)
-    folder = root / (STEP1 if step == 1 else STEP2) / FOLDER
-    (folder / "fold_0").mkdir(parents=True, exist_ok=True)
-    arch = plans["configurations"]["3d_fullres"]["architecture"]
-    for checkpoint, nothing in (("checkpoint_best.pth", False), ("checkpoint_final.pth", True)):
-        network = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"],
-                                         arch["_kw_requires_import"], 1 if step == 1 else 2,
-                                         len(regions), allow_init=True, deep_supervision=False)
-        _set_weights(network, regions, odd_channel=step == 2, predict_nothing=nothing)
-        torch.save({"network_weights": network.state_dict(), "trainer_name": TRAINER,
-                    "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0,
-                                  "dataset_json": dataset, "device": "cpu"},
-                    "inference_allowed_mirroring_axes": None, "current_epoch": 100,
-                    "optimizer_state": None, "grad_scaler_state": None, "logging": {},
-                    "_best_ema": 0.0}, folder / "fold_0" / checkpoint)
-    (folder / "plans.json").write_text(json.dumps(plans, indent=2))
-    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
-    return folder
+    outputs = [[(v - HALF_WIDTH, v + HALF_WIDTH) for v in region] for region in regions]
+    channels = 1 if step == 1 else 2
+    features = features_needed(outputs, extra_channels=channels - 1)
+    dataset_name = STEP1 if step == 1 else STEP2
+    # on within ±5 of each value; step 2 adds the odd-disc channel to its disc region
+    networks = {checkpoint: build_network(
+        outputs, channels, scale=SCALE, on_fraction=0.5, off_bias=-SCALE * HALF_WIDTH / 2,
+        predict_nothing=nothing, extra=None if step == 1 else {0: 4 * SCALE * HALF_WIDTH})
+        for checkpoint, nothing in (("checkpoint_best.pth", False), ("checkpoint_final.pth", True))}
+    return save_model_folder(root / dataset_name / FOLDER, plans_json(dataset_name, 1.0, channels, features),
+                             dataset_json(step), networks, TRAINER, None)
 
 
 def build_release(root: Path) -> Path:
