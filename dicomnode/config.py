@@ -341,6 +341,19 @@ class DispatchConfig(_Section):
     return_to_sender: bool = False
 
 
+class JobsConfig(_Section):
+    """The local executor that runs jobs inside ``dicomnode serve``."""
+
+    #: False: receive and hold only. Complete series stay jobs in state ``complete`` (e.g. while
+    #: weights are not installed yet); turning it on later processes them.
+    enabled: bool = True
+    #: Worker threads. Inference is serialised per device, so 2 lets one job load or encode
+    #: while another is on the GPU.
+    workers: int = Field(2, ge=1, le=32)
+    #: Seconds between looks at the job table (new jobs also wake the workers at once).
+    poll_interval: float = Field(0.5, gt=0, le=60)
+
+
 class RetentionConfig(_Section):
     """When received instances and results are deleted. Nothing is deleted before delivery."""
 
@@ -359,6 +372,7 @@ class Config(_Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
 

@@ -3,9 +3,11 @@
 A job (``dicomnode.store.models.Job``) is one pipeline run on one complete series revision::
 
     complete → routed → loading → segmenting → encoding → dispatching → done
-                 │          └──────────┴──────────┴──→ failed  (typed reason; retry re-runs)
-                 └→ ignored (no rule matches)                    dispatching → dead (a delivery
-    any unfinished state → cancelled (by a person)                gave up; retry re-queues it)
+       ├→ ignored (no rule matches, or not an image series)
+       └→ superseded (a late instance reopened the series before routing; see the assembler)
+    loading | segmenting | encoding → failed (typed reason; retry re-runs the job)
+    dispatching → dead (a delivery used up its attempts; retry re-sends the same results)
+    any unfinished state → cancelled (by a person)
 
 One :class:`Delivery` row per (job, destination) carries its own attempts and back-off, so one
 destination being down never holds back another.
@@ -34,6 +36,7 @@ class JobState(StrEnum):
     FAILED = "failed"
     DEAD = "dead"                # a delivery exhausted its attempts
     CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"    # a late instance reopened the series before routing (assembler)
 
 
 #: States a worker owns; after a crash they are re-queued as ``routed``.
@@ -43,7 +46,7 @@ CANCELLABLE_STATES = (JobState.COMPLETE, JobState.ROUTED, *RUNNING_STATES, JobSt
                       JobState.FAILED, JobState.DEAD)
 #: States from which ``jobs retry`` re-queues a job.
 RETRYABLE_STATES = (JobState.FAILED, JobState.DEAD, JobState.CANCELLED)
-FINISHED_STATES = (JobState.DONE, JobState.IGNORED, JobState.CANCELLED)
+FINISHED_STATES = (JobState.DONE, JobState.IGNORED, JobState.CANCELLED, JobState.SUPERSEDED)
 
 
 class DeliveryState(StrEnum):

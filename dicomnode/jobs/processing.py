@@ -3,45 +3,66 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
 from dicomnode.config import Config
+from dicomnode.jobs.service import SeriesIdentity
 
 
 class PipelineProcessor:
-    """Builds each pipeline once (models stay warm in the runtime) and runs it on spool files."""
+    """Builds each pipeline once (models stay warm in the runtime) and runs it on spool files.
+
+    torch and nnU-Net are imported on the first job, not when the node starts.
+    """
 
     def __init__(self, config: Config):
-        from dicomnode.models.registry import ModelStore
+        self.config = config
+        self._pipelines: dict[str, Any] = {}
+        self._runtime: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def runtime(self) -> Any:
         from dicomnode.models.runtime import NnUNetRuntime
 
-        self.config = config
-        self.store = ModelStore(config.models.path)
-        self.runtime = NnUNetRuntime(config.models.device, max_models=config.models.keep_warm,
-                                     threads=config.models.threads)
-        self._pipelines: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        if self._runtime is None:
+            models = self.config.models
+            self._runtime = NnUNetRuntime(models.device, max_models=models.keep_warm,
+                                          threads=models.threads)
+        return self._runtime
 
     def pipeline(self, name: str) -> Any:
         from dicomnode.models.pipelines import get_pipeline
 
         with self._lock:
             if name not in self._pipelines:
+                from dicomnode.models.registry import ModelStore
+
                 model = self.config.models.pipeline_models.get(name)
-                self._pipelines[name] = get_pipeline(name)(self.store, self.runtime, model)
+                store = ModelStore(self.config.models.path)
+                self._pipelines[name] = get_pipeline(name)(store, self.runtime, model)
             return self._pipelines[name]
 
     def __call__(self, pipeline: str, paths: list[Path], out: Path,
-                 stage: Callable[[str], None]) -> dict[str, Any]:
+                 stage: Callable[[str], None], identity: SeriesIdentity) -> dict[str, Any]:
         import converters
         from dicomnode.models.process import write_result
 
         runner = self.pipeline(pipeline)
         runner.store.require(runner.model)  # a missing model fails before reading pixels
         volume = converters.load_series(paths)
+        for dataset in volume.datasets:
+            # Senders that leave these empty (real data does) get the UIDs the receiver derived,
+            # so the SEG and SR reference the series as the node lists it.
+            if not dataset.get("StudyInstanceUID"):
+                dataset.StudyInstanceUID = identity.study_instance_uid
+            if not dataset.get("SeriesInstanceUID"):
+                dataset.SeriesInstanceUID = identity.series_instance_uid
         stage("segmenting")
         result = runner.run(volume)
         stage("encoding")
-        return write_result(out, volume, result, encode=True)
+        write_result(out, volume, result, encode=True)
+        return dict(json.loads((out / "result.json").read_text(encoding="utf-8")))

@@ -48,6 +48,15 @@ class JobError(Exception):
         super().__init__(message)
 
 
+@dataclass(frozen=True)
+class SeriesIdentity:
+    """The Study and Series Instance UIDs the index holds for a series. They differ from the
+    files' own only when the sender left them empty and the receiver derived them."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+
+
 class SeriesProcessor(Protocol):
     """Runs a pipeline on a series' spool files and writes its results into a folder.
 
@@ -56,14 +65,7 @@ class SeriesProcessor(Protocol):
     """
 
     def __call__(self, pipeline: str, paths: list[Path], out: Path,
-                 stage: Callable[[str], None]) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class StageTimes:
-    """Seconds spent in each stage of a job, from its ``stage_times`` stamps."""
-
-    seconds: dict[str, float]
+                 stage: Callable[[str], None], identity: SeriesIdentity) -> dict[str, Any]: ...
 
 
 def backoff(attempt: int, initial: float, maximum: float) -> float:
@@ -203,6 +205,8 @@ class JobService:
             job = session.get(Job, job_id)
             assert job is not None and job.pipeline
             pipeline, destinations = job.pipeline, list(job.destinations or [])
+            identity = SeriesIdentity(job.series.study.study_instance_uid,
+                                      job.series.series_instance_uid)
             rows = session.scalars(select(Instance.path).where(Instance.series_id == job.series_id)
                                    .order_by(Instance.id)).all()
         paths = [self.spool_root / p for p in rows]
@@ -217,7 +221,7 @@ class JobService:
                 raise JobError("cancelled", "cancelled by a person")
 
         try:
-            summary = self.processor(pipeline, paths, partial, stage)
+            summary = self.processor(pipeline, paths, partial, stage, identity)
         except JobError as exc:
             shutil.rmtree(partial, ignore_errors=True)
             if exc.kind != "cancelled":

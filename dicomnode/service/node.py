@@ -9,9 +9,13 @@ from pathlib import Path
 from types import FrameType
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import sessionmaker
 
 from dicomnode.assembler import Assembler
 from dicomnode.config import Config
+from dicomnode.jobs.executor import Executor
+from dicomnode.jobs.processing import PipelineProcessor
+from dicomnode.jobs.service import JobService
 from dicomnode.logs import log_event
 from dicomnode.receiver import Receiver, Spool
 from dicomnode.receiver.recovery import mark_clean, recover
@@ -26,7 +30,8 @@ def spool_root(config: Config) -> Path:
 
 
 class Node:
-    """Wires receiver → spool + index → assembler; :meth:`serve` runs until SIGTERM/SIGINT."""
+    """Wires receiver → spool + index → assembler → jobs (route, segment, encode, dispatch);
+    :meth:`serve` runs until SIGTERM/SIGINT."""
 
     def __init__(self, config: Config):
         self.config = config
@@ -40,6 +45,10 @@ class Node:
                                    config.assembly.series_timeout)
         self.receiver = Receiver(config.node, config.storage, self.index, self.spool,
                                  self.assembler.series_started)
+        self.jobs = JobService(config, sessionmaker(self.write_engine, expire_on_commit=False),
+                               self.spool.root, PipelineProcessor(config))
+        self.executor = Executor(self.jobs, workers=config.jobs.workers,
+                                 poll_interval=config.jobs.poll_interval)
         self._stopping = threading.Event()
 
     def start(self) -> None:
@@ -54,6 +63,8 @@ class Node:
                   partial_files_removed=partial, associations_cut_off=cut_off,
                   reindexed=reindexed)
         self.assembler.start()
+        if self.config.jobs.enabled:
+            self.executor.start()
         self.receiver.start()
 
     def stop(self) -> None:
@@ -61,6 +72,7 @@ class Node:
         self.receiver.stop()
         mark_clean(self.spool)
         self.assembler.stop()
+        self.executor.stop()
         self.write_engine.dispose()
         self.scheduler_engine.dispose()
         log_event(LOGGER, "node.stopped")

@@ -7,7 +7,11 @@ The JSON shape (``dicomnode status --json``)::
                   "series_description", "series_number", "is_image", "instances", "state",
                   "revision", "first_received_at", "last_received_at", "completed_at"}],
       "jobs": [{"id", "series_instance_uid", "revision", "state", "instances", "created_at",
-                "updated_at", "stage_times", "attempts", "error_kind", "error_message"}],
+                "updated_at", "stage_times", "attempts", "error_kind", "error_message",
+                "pipeline", "rule", "priority",
+                "deliveries": [{"destination", "state", "attempts", "next_attempt_at",
+                                "delivered_at", "objects", "error_kind", "error_message"}]}],
+      "destinations": [{"name", "reachable", "detail", "checked_at"}]   (last C-ECHO of each),
       "instances": <number of instances held>,
       "associations": {"total", "by_outcome": {outcome: n}, "recent": [{"id", "calling_ae_title",
                        "called_ae_title", "address", "started_at", "ended_at", "outcome",
@@ -27,6 +31,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from dicomnode.jobs.models import Delivery, DestinationHealth
 from dicomnode.store import Association, Instance, Job, Rejection, Series
 
 #: How many recent associations and rejections are listed.
@@ -45,6 +50,10 @@ def collect_status(engine: Engine) -> dict[str, Any]:
         series = session.scalars(select(Series).order_by(Series.first_received_at)).all()
         uid_of = {s.id: s.series_instance_uid for s in series}
         jobs = session.scalars(select(Job).order_by(Job.id)).all()
+        deliveries: dict[int, list[Delivery]] = {}
+        for delivery in session.scalars(select(Delivery).order_by(Delivery.id)).all():
+            deliveries.setdefault(delivery.job_id, []).append(delivery)
+        health = session.scalars(select(DestinationHealth)).all()
         instances = session.scalar(select(func.count()).select_from(Instance)) or 0
         assoc_counts = dict(session.execute(
             select(Association.outcome, func.count()).group_by(Association.outcome)).all())
@@ -72,7 +81,18 @@ def collect_status(engine: Engine) -> dict[str, Any]:
                 "created_at": _time(j.created_at), "updated_at": _time(j.updated_at),
                 "stage_times": j.stage_times, "attempts": j.attempts,
                 "error_kind": j.error_kind, "error_message": j.error_message,
+                "pipeline": j.pipeline, "rule": j.rule, "priority": j.priority,
+                "deliveries": [{
+                    "destination": d.destination, "state": d.state, "attempts": d.attempts,
+                    "next_attempt_at": _time(d.next_attempt_at),
+                    "delivered_at": _time(d.delivered_at), "objects": len(d.stored or []),
+                    "error_kind": d.error_kind, "error_message": d.error_message,
+                } for d in deliveries.get(j.id, [])],
             } for j in jobs],
+            "destinations": [{
+                "name": h.destination, "reachable": h.reachable, "detail": h.detail,
+                "checked_at": _time(h.checked_at),
+            } for h in health],
             "instances": instances,
             "associations": {
                 "total": sum(assoc_counts.values()), "by_outcome": assoc_counts,
@@ -117,10 +137,18 @@ def format_status(status: dict[str, Any]) -> str:
     parts.append(f"\nJobs ({len(status['jobs'])})")
     if status["jobs"]:
         parts.append(_table([[str(j["id"]), j["series_instance_uid"] or "", str(j["revision"]),
-                              j["state"], j["updated_at"] or "",
+                              j["pipeline"] or "-", j["state"], j["updated_at"] or "",
+                              " ".join(f"{d['destination']}:{d['state']}({d['attempts']})"
+                                       for d in j["deliveries"]),
                               f"{j['error_kind']}: {j['error_message']}" if j["error_kind"]
                               else ""] for j in status["jobs"]],
-                            ["ID", "SERIES INSTANCE UID", "REV", "STATE", "UPDATED", "ERROR"]))
+                            ["ID", "SERIES INSTANCE UID", "REV", "PIPELINE", "STATE", "UPDATED",
+                             "DELIVERIES", "ERROR"]))
+    if status["destinations"]:
+        parts.append("\nDestinations")
+        for d in status["destinations"]:
+            parts.append(f"  {d['name']}: {'reachable' if d['reachable'] else 'UNREACHABLE'} "
+                         f"({d['detail']}, checked {d['checked_at']})")
     assoc = status["associations"]
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(assoc["by_outcome"].items())) or "none"
     parts.append(f"\nAssociations ({assoc['total']}): {outcomes}")

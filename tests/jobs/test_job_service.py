@@ -19,7 +19,7 @@ from sqlalchemy.orm import sessionmaker
 
 from dicomnode.config import Config, parse_config
 from dicomnode.jobs.models import Delivery, DeliveryState, JobState
-from dicomnode.jobs.service import JobError, JobService, backoff
+from dicomnode.jobs.service import JobError, JobService, SeriesIdentity, backoff
 from dicomnode.store import create_schema, make_engine
 from dicomnode.store.models import Instance, Job, Series, Study, utcnow
 from tests.orthanc import ORTHANC, Orthanc, free_port
@@ -53,7 +53,7 @@ class CopyProcessor:
         self.calls: list[str] = []
 
     def __call__(self, pipeline: str, paths: list[Path], out: Path,
-                 stage: Callable[[str], None]) -> dict[str, Any]:
+                 stage: Callable[[str], None], identity: SeriesIdentity) -> dict[str, Any]:
         self.calls.append(pipeline)
         stage("segmenting")
         if self.fail is not None:

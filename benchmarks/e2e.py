@@ -1,0 +1,211 @@
+"""End-to-end latency: last C-STORE in → SEG stored in Orthanc, split by stage, next to the
+model's own time.
+
+One run, one input: a ≥ 300-slice CT series (the shared CTA resampled to 0.9 mm, as in
+``benchmarks/load_series.py``) sent with dcmtk ``storescu`` to ``dicomnode serve``, which routes
+it to ``vertebral-bodies-ct`` (a VertebralBodiesCT-shaped ResEnc M model with random weights,
+built with nnunetv2's own trainer as the tests do) and delivers SEG, SR and preview to a real
+Orthanc on loopback. The reference is the model's own command,
+``nnUNetv2_predict_from_modelfolder -f all --disable_tta``, on the same volume as NIfTI.
+
+Reported (seconds unless noted):
+
+* ``latency_excl_series_timeout`` — last C-STORE acknowledged → SEG visible in Orthanc, minus
+  the ``assembly.series_timeout`` quiet period (reported on its own);
+* one row per stage from the job record (routing, loading, segmenting, encoding, dispatching);
+* ``overhead_excl_model`` — everything but the segmenting stage and the quiet period; the
+  target is ≤ 3 s for a 300-slice CT;
+* ``node_peak_rss`` (MiB) next to the reference command's.
+
+    .venv/bin/python benchmarks/e2e.py [--json PATH] [--series-timeout 2] [--device cpu]
+
+``--json`` writes a list of {"name", "ours", "reference", "unit", "ratio"} (ratio = ours /
+reference; for the overhead row the reference is the 3 s target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.load_series import write_series  # noqa: E402
+from tests.orthanc import Orthanc  # noqa: E402
+from tests.service.conftest import RunningNode, free_port, storescu  # noqa: E402
+
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+TARGET_OVERHEAD_S = 3.0
+
+
+def build_model(work: Path) -> tuple[Path, Path]:
+    """A random-weight ResEnc M folder, and a weights store with it installed."""
+    from tests.models.modelfolders import build_model_folder
+
+    folder = build_model_folder(work / "nnUNet_results", "nnUNetResEncUNetMPlans", ["all"], seed=3)
+    store = work / "models"
+    config = work / "install.yaml"
+    config.write_text(f"models:\n  path: {store}\n")
+    subprocess.run([sys.executable, "-m", "dicomnode.cli", "models", "install",
+                    "vertebral-bodies-ct-m", str(folder), "--config", str(config)],
+                   check=True, capture_output=True)
+    return folder, store
+
+
+class PeakRss:
+    """Polls a process's VmHWM (its own high-water mark) until stopped."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak = pid, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            except OSError:
+                return
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_node(series: Path, store: Path, work: Path, timeout: float, device: str
+             ) -> dict[str, Any]:
+    orthanc = Orthanc(work / "orthanc")
+    orthanc.start()
+    port = free_port()
+    config = {
+        "node": {"ae_title": "DICOMNODE", "host": "127.0.0.1", "port": port},
+        "storage": {"path": "var", "min_free": "1 MB"},
+        "assembly": {"series_timeout": timeout},
+        "logging": {"level": "WARNING"},
+        "models": {"path": str(store), "device": device},
+        "jobs": {"poll_interval": 0.1},
+        "routing": {"rules": [{"name": "ct", "match": {"modality": ["CT"]},
+                               "pipelines": ["vertebral-bodies-ct"], "destinations": ["pacs"]}]},
+        "destinations": {"pacs": {"type": "dicom", "ae_title": orthanc.ae_title,
+                                  "host": "127.0.0.1", "port": orthanc.dicom_port}},
+        "dispatch": {"echo_interval": 0},
+    }
+    root = work / "node"
+    root.mkdir()
+    node = RunningNode(root, config, port)
+    node.start()
+    assert node.process is not None
+    rss = PeakRss(node.process.pid)
+    try:
+        sent = storescu(port, series)
+        last_store = time.time()  # storescu returns right after the last response + release
+        if sent.returncode != 0:
+            raise RuntimeError(sent.stdout[-2000:])
+        seg_at = None
+        while seg_at is None:
+            if time.time() - last_store > 3600:
+                raise TimeoutError("no SEG in Orthanc after an hour")
+            for instance in orthanc.get("/instances"):
+                tags = orthanc.get(f"/instances/{instance}/simplified-tags")
+                if tags.get("SOPClassUID") == SEG:
+                    seg_at = time.time()
+                    break
+            else:
+                time.sleep(0.05)
+        stage_times, state = node.query("select stage_times, state from jobs")[0]
+        last_received = node.query("select last_received_at from series")[0][0]
+    finally:
+        peak = rss.stop()
+        node.stop()
+        orthanc.stop()
+    stamps = {k: datetime.fromisoformat(v).timestamp() for k, v in json.loads(stage_times).items()}
+    received = datetime.fromisoformat(last_received)
+    if received.tzinfo is None:
+        received = received.replace(tzinfo=timezone.utc)  # the index stores UTC
+    order = ["complete", "routed", "loading", "segmenting", "encoding", "dispatching", "done"]
+    stages = {f"stage_{a if a != 'complete' else 'routing'}": stamps[b] - stamps[a]
+              for a, b in zip(order, order[1:]) if a in stamps and b in stamps}
+    quiet = stamps["complete"] - received.timestamp()
+    total = seg_at - last_store
+    return {"state": state, "total": total, "quiet": quiet, "stages": stages,
+            "peak_rss": peak}
+
+
+def run_reference(series: Path, model: Path, work: Path, device: str) -> tuple[float, int]:
+    """The model's own command on the same volume; seconds and peak RSS of its process."""
+    import SimpleITK as sitk
+
+    from converters import load_series
+
+    volume = load_series(sorted(str(p) for p in series.iterdir()))
+    inputs, outputs = work / "ref_in", work / "ref_out"
+    inputs.mkdir()
+    sitk.WriteImage(volume.image, str(inputs / "case_0000.nii.gz"))
+    command = [str(Path(sys.executable).parent / "nnUNetv2_predict_from_modelfolder"),
+               "-i", str(inputs), "-o", str(outputs), "-m", str(model), "-f", "all",
+               "--disable_tta", "-device", device, "-npp", "1", "-nps", "1"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return seconds, peak
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--series-timeout", type=float, default=2.0)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="dicomnode-e2e-") as tmp:
+        work = Path(tmp)
+        series = work / "series"
+        slices = write_series(series)
+        model, store = build_model(work)
+        ours = run_node(series, store, work, args.series_timeout, args.device)
+        ref_seconds, ref_peak = run_reference(series, model, work, args.device)
+    segmenting = ours["stages"].get("stage_segmenting", 0.0)
+    latency = ours["total"] - ours["quiet"]
+    overhead = latency - segmenting
+    rows = [
+        {"name": "latency_excl_series_timeout", "ours": latency, "reference": ref_seconds,
+         "unit": "s"},
+        {"name": "model_segmenting_stage", "ours": segmenting, "reference": ref_seconds,
+         "unit": "s"},
+        {"name": "overhead_excl_model", "ours": overhead, "reference": TARGET_OVERHEAD_S,
+         "unit": "s"},
+        {"name": "node_peak_rss", "ours": ours["peak_rss"] / 2**20, "reference": ref_peak / 2**20,
+         "unit": "MiB"},
+    ]
+    for row in rows:
+        row["ratio"] = row["ours"] / row["reference"] if row["reference"] else None
+    print(f"{slices}-slice CT, job {ours['state']}; series_timeout quiet period "
+          f"{ours['quiet']:.2f} s (excluded)")
+    for name, seconds in ours["stages"].items():
+        print(f"  {name:<22} {seconds:8.2f} s")
+    print(f"  {'total (excl. quiet)':<22} {latency:8.2f} s")
+    for row in rows:
+        print(f"{row['name']:<30} ours {row['ours']:9.2f} {row['unit']:<4} reference "
+              f"{row['reference']:9.2f} {row['unit']:<4} ratio {row['ratio']:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0 if ours["state"] == "done" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

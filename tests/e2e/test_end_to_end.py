@@ -1,0 +1,164 @@
+"""storescu → ``dicomnode serve`` (real nnU-Net on the CPU) → Orthanc, through faults.
+
+Every test runs the real chain: dcmtk sends, the node receives, assembles, routes, loads,
+segments with nnunetv2 (a VertebralBodiesCT-shaped model with random weights), encodes SEG, SR
+and preview with highdicom, and delivers them by C-STORE to a real Orthanc, which the tests read
+back through its REST API.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from tests.e2e.conftest import jobs_in, orthanc_objects, wait_until
+from tests.orthanc import Orthanc
+from tests.service.conftest import storescu
+
+SEG, SR, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", \
+    "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _by_class(objects: list[pydicom.Dataset]) -> Counter[str]:
+    return Counter(str(ds.SOPClassUID) for ds in objects)
+
+
+def _write_series(folder: Path, sources: list[pydicom.Dataset], count: int, *,
+                  drop: int | None = None, shrink: int = 4) -> str:
+    """``count`` slices of the example CT as a new series (new UIDs), every ``shrink``-th pixel
+    kept (PixelSpacing scaled to match) so CPU inference stays short; ``drop`` leaves a gap."""
+    study, series = generate_uid(), generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, source in enumerate(sources[:count]):
+        if index == drop:
+            continue
+        ds = pydicom.Dataset(source)
+        ds.file_meta = pydicom.dataset.FileMetaDataset(source.file_meta)
+        pixels = source.pixel_array[::shrink, ::shrink].copy()
+        ds.Rows, ds.Columns = pixels.shape
+        ds.PixelSpacing = [float(v) * shrink for v in source.PixelSpacing]
+        ds.PixelData = pixels.tobytes()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = generate_uid()
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    return series
+
+
+@pytest.fixture
+def small_ct_folder(tmp_path: Path, ct_sources: list[pydicom.Dataset]) -> Path:
+    """The example CT series at 128 × 128 (a new series each test)."""
+    _write_series(tmp_path / "small_ct", _ordered(ct_sources), len(ct_sources))
+    return tmp_path / "small_ct"
+
+
+def _ordered(sources: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    return sorted(sources, key=lambda ds: float(ds.ImagePositionPatient[2]))
+
+
+def test_ct_series_comes_back_as_seg_sr_and_preview(make_e2e_node: Any, orthanc: Orthanc,
+                                                     example_ct_folder: Path) -> None:
+    node = make_e2e_node(orthanc)
+    sent = storescu(node.port, example_ct_folder)
+    assert sent.returncode == 0, sent.stdout
+    status = node.wait_for(jobs_in(node, "done", "failed", "dead"), timeout=300)
+    (job,) = status["jobs"]
+    assert job["state"] == "done", job
+    series_uid = status["series"][0]["series_instance_uid"]
+    objects = orthanc_objects(orthanc)
+    kinds = _by_class(objects)
+    assert kinds[SEG] >= 1 and kinds[SR] == 1 and kinds[SC] >= 1, kinds
+    for seg in (ds for ds in objects if ds.SOPClassUID == SEG):
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
+        results = sorted((node.root / "var" / "jobs").glob("*/result.json"))
+        assert results, "the job's results folder is on disk"
+        assert len(seg.SegmentSequence) >= 1
+        frames = seg.PerFrameFunctionalGroupsSequence
+        assert all(f.DerivationImageSequence for f in frames)
+    sr = next(ds for ds in objects if ds.SOPClassUID == SR)
+    assert sr.CurrentRequestedProcedureEvidenceSequence
+
+
+def test_destination_down_then_back_delivers_once(make_e2e_node: Any, orthanc: Orthanc,
+                                                  small_ct_folder: Path) -> None:
+    orthanc.stop()
+    node = make_e2e_node(orthanc)
+    assert storescu(node.port, small_ct_folder).returncode == 0
+    status = node.wait_for(lambda s: s["jobs"] and s["jobs"][0]["state"] == "dispatching"
+                           and s["jobs"][0].get("deliveries")
+                           and s["jobs"][0]["deliveries"][0]["attempts"] >= 2, timeout=300)
+    delivery = status["jobs"][0]["deliveries"][0]
+    assert delivery["error_kind"] == "unreachable"
+    orthanc.start()
+    node.wait_for(jobs_in(node, "done"), timeout=60)
+    objects = orthanc_objects(orthanc)
+    assert len(objects) == len({ds.SOPInstanceUID for ds in objects})
+    assert _by_class(objects)[SR] == 1
+
+
+@pytest.mark.parametrize("moment", ["segmenting", "dispatching"])
+def test_kill_9_then_restart_delivers_every_result_exactly_once(
+        make_e2e_node: Any, orthanc: Orthanc, small_ct_folder: Path, moment: str) -> None:
+    if moment == "dispatching":
+        orthanc.stop()  # hold the job in dispatching
+    node = make_e2e_node(orthanc)
+    assert storescu(node.port, small_ct_folder).returncode == 0
+    node.wait_for(lambda s: s["jobs"] and s["jobs"][0]["state"] == moment, timeout=300,
+                  interval=0.05)
+    node.kill9()
+    if moment == "dispatching":
+        orthanc.start()
+    node.start()
+    status = node.wait_for(jobs_in(node, "done"), timeout=300)
+    assert len(status["jobs"]) == 1
+    objects = orthanc_objects(orthanc)
+    uids = [ds.SOPInstanceUID for ds in objects]
+    assert len(uids) == len(set(uids))
+    kinds = _by_class(objects)
+    assert kinds[SR] == 1 and kinds[SEG] >= 1
+
+
+def test_series_that_cannot_load_fails_and_the_next_still_runs(
+        make_e2e_node: Any, orthanc: Orthanc, ct_sources: list[pydicom.Dataset],
+        tmp_path: Path) -> None:
+    node = make_e2e_node(orthanc)
+    sources = _ordered(ct_sources)
+    gap = _write_series(tmp_path / "gap", sources, 12, drop=6)
+    good = _write_series(tmp_path / "good", sources, 12)
+    assert storescu(node.port, tmp_path / "gap").returncode == 0
+    assert storescu(node.port, tmp_path / "good").returncode == 0
+    status = node.wait_for(lambda s: len(s["jobs"]) == 2 and jobs_in(node, "done", "failed")(s),
+                           timeout=300)
+    by_series = {j["series_instance_uid"]: j for j in status["jobs"]}
+    assert by_series[gap]["state"] == "failed"
+    assert "missing" in (by_series[gap]["error_message"] or "")
+    assert by_series[gap]["error_kind"]
+    assert by_series[good]["state"] == "done"
+
+
+def test_twenty_series_from_four_senders_all_delivered(
+        make_e2e_node: Any, orthanc: Orthanc, ct_sources: list[pydicom.Dataset],
+        tmp_path: Path) -> None:
+    node = make_e2e_node(orthanc)
+    sources = _ordered(ct_sources)
+    folders = []
+    for sender in range(4):
+        folder = tmp_path / f"sender{sender}"
+        for index in range(5):
+            _write_series(folder / f"s{index}", sources, 6)
+        folders.append(folder)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda f: storescu(node.port, f, calling=f"SEND{f.name[-1]}"),
+                                folders))
+    assert all(r.returncode == 0 for r in results)
+    status = node.wait_for(lambda s: len(s["jobs"]) == 20 and jobs_in(node, "done")(s),
+                           timeout=600, interval=1)
+    assert {s["instances"] for s in status["series"]} == {6}
+    kinds = _by_class(orthanc_objects(orthanc))
+    assert kinds[SR] == 20
