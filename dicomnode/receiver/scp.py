@@ -204,13 +204,14 @@ class Receiver:
         if refusal is None:
             return
         reason, diagnostic = refusal
+        # Audited before the answer, so the row exists once the peer knows it was refused.
+        self.index.open_association(calling_ae_title=calling, called_ae_title=called,
+                                    address=address, port=port, tls=self.node.tls.enabled,
+                                    outcome="rejected", reason=reason)
         assoc.acse.send_reject(0x01, 0x01, diagnostic)  # rejected-permanent, by the service user
         # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is on the
         # wire before the connection is closed, or the peer only sees an abort.
         assoc.kill()
-        self.index.open_association(calling_ae_title=calling, called_ae_title=called,
-                                    address=address, port=port, tls=self.node.tls.enabled,
-                                    outcome="rejected", reason=reason)
         log_event(LOGGER, "association.rejected", logging.WARNING, reason=reason,
                   calling_ae_title=calling, called_ae_title=called, address=address)
 

@@ -78,6 +78,8 @@ def test_association_policy_rejections_are_audited(make_node: Any) -> None:
     assert refused.returncode != 0 and "Rejected" in refused.stdout
     assert echoscu(node.port, calling="MODALITY1", called="OTHERNODE").returncode != 0
 
+    # The released association's row is closed just after the peer got its answer.
+    node.wait_for(lambda s: s["associations"]["by_outcome"].get("released") == 1)
     associations = node.status()["associations"]
     reasons = sorted(a["reason"] for a in associations["recent"] if a["outcome"] == "rejected")
     assert reasons == ["called-ae-not-recognised", "calling-ae-not-allowed"]
@@ -85,8 +87,9 @@ def test_association_policy_rejections_are_audited(make_node: Any) -> None:
 
 
 def test_host_allow_list(make_node: Any) -> None:
-    node = make_node(node={"allowed_hosts": ["10.0.0.0/8"]}, )
-    assert echoscu(node.port).returncode != 0
+    node = make_node(node={"allowed_hosts": ["10.0.0.0/8", "192.168.1.7"]})
+    refused = echoscu(node.port)
+    assert refused.returncode != 0 and "Rejected" in refused.stdout
     assert node.quick_status()["associations"]["recent"][0]["reason"] == "host-not-allowed"
 
 
