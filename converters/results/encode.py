@@ -36,6 +36,30 @@ def _modality_values(datasets: Sequence[Dataset]) -> np.ndarray | None:
     return None
 
 
+def _values_from_volume(volume: Any, source: Any) -> np.ndarray:
+    """``volume.image`` (a ``converters.Volume``) on the frames of the source grid ``source``."""
+    import SimpleITK as sitk
+
+    frames = getattr(source, "frames", None)
+    if frames is None:
+        raise ValueError("image given as a Volume needs the source as a SourceGrid (its .frames)")
+    values = sitk.GetArrayFromImage(volume.image).astype(np.float32)
+    if getattr(volume, "grid", None) is not None:
+        # Resampled (tilt / irregular spacing): let the loader put the values back on the
+        # source planes by nearest neighbour, shifted into its unsigned integer range.
+        from ..volume import to_source_grid
+
+        low = float(np.floor(values.min()))
+        shifted = np.clip(np.rint(values - low), 0, 65535).astype(np.uint16)
+        return to_source_grid(volume, shifted).array.astype(np.float32) + low
+    index = {src: k for k, src in enumerate(volume.sources)}
+    out = np.zeros((len(frames), *values.shape[1:]), np.float32)
+    for i, frame in enumerate(frames):
+        if frame in index:
+            out[i] = values[index[frame]]
+    return out
+
+
 def _frame_refs(datasets: Sequence[Dataset]) -> list[tuple[Dataset, int | None]]:
     """(dataset, frame number for multi-frame sources) of every source frame, in order."""
     refs: list[tuple[Dataset, int | None]] = []
@@ -54,7 +78,7 @@ def encode_results(
     pipeline: PipelineMetadata,
     options: EncodeOptions = EncodeOptions(),
     *,
-    image: np.ndarray | None = None,
+    image: Any = None,
     png_path: str | os.PathLike[str] | None = None,
 ) -> list[Dataset]:
     """SEG series (one per label map), the measurement SR and the preview SC for one run.
@@ -69,8 +93,10 @@ def encode_results(
         mapping: the :class:`~converters.vocabulary.LabelMapping` of each label map.
         pipeline: algorithm identification (and the seed of every derived UID).
         options: see :class:`EncodeOptions`.
-        image: modality values (HU on CT) on the same grid for intensity measurements and
-            the preview; by default decoded from the source datasets when they hold pixels.
+        image: modality values (HU on CT) for intensity measurements and the preview: an
+            array on the label map's frames, or the ``converters.Volume`` the label map was
+            computed on (with ``source`` a SourceGrid); by default decoded from the source
+            datasets when they still hold Pixel Data.
         png_path: also write the preview as PNG here.
 
     Returns:
@@ -105,6 +131,8 @@ def encode_results(
         return out
     if image is None:
         image = _modality_values(datasets)
+    elif not isinstance(image, np.ndarray):
+        image = _values_from_volume(image, source)
     # Measurements and reformats need frames in spatial order; the SEG keeps source order.
     order = frame_order(datasets)
     planes = frame_planes(datasets)

@@ -41,7 +41,7 @@ def encoded(request, tmp_path_factory) -> Encoded:
     folder = tmp_path_factory.mktemp(name)
     png = folder / "preview.png"
     # the loader's SourceGrid as it comes (labels in .array), and plain datasets + array
-    binary = encode_results(case.source_grid, None, case.mapping, PIPELINE, image=case.image,
+    binary = encode_results(case.source_grid, None, case.mapping, PIPELINE, image=case.volume,
                             png_path=png)
     labelmap = encode_results(
         case.datasets, case.labelmap, case.mapping, PIPELINE,

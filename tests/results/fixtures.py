@@ -38,6 +38,7 @@ class Case:
     labelmap: np.ndarray  # (frames, rows, cols) on the source grid
     mapping: LabelMapping
     image: np.ndarray | None = None  # modality values on the same frames (HU on CT)
+    volume: object = None  # the converters.Volume the labels were computed on
     source_grid: object = None  # converters.SourceGrid the case was built with
 
 
@@ -53,7 +54,7 @@ def _on_source_grid(datasets: list[Dataset], labels_on_volume) -> Case:
     labels = labels_on_volume(volume)
     grid = converters.to_source_grid(volume, labels)
     assert not volume.resampled  # the image array then lines up with the source frames
-    return grid, sitk.GetArrayFromImage(volume.image).astype(np.float32)
+    return grid, sitk.GetArrayFromImage(volume.image).astype(np.float32), volume
 
 
 def example_ct() -> Case:
@@ -66,9 +67,9 @@ def example_ct() -> Case:
         ds.SeriesNumber = 3
         datasets.append(ds)
     nifti = sitk.ReadImage(str(DATA / "example_seg_dicom.nii.gz"))
-    grid, hu = _on_source_grid(datasets, lambda vol: sitk.Resample(
+    grid, hu, volume = _on_source_grid(datasets, lambda vol: sitk.Resample(
         nifti, vol.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
-    return Case(list(grid.datasets), grid.array, TOTALSEG_MAPPING, hu, grid)
+    return Case(list(grid.datasets), grid.array, TOTALSEG_MAPPING, hu, volume=volume, source_grid=grid)
 
 
 #: A true sagittal plane: rows along +y (posterior), columns along −z (feet). (At the time of
@@ -94,5 +95,5 @@ def synthetic_mr(oblique: bool = False) -> Case:
         labels[stored >= 1780] = 2  # canal
         return labels
 
-    grid, values = _on_source_grid(list(syn.datasets), labels_of)
-    return Case(list(grid.datasets), grid.array, totalspineseg(), values, grid)
+    grid, values, volume = _on_source_grid(list(syn.datasets), labels_of)
+    return Case(list(grid.datasets), grid.array, totalspineseg(), values, volume=volume, source_grid=grid)

@@ -156,3 +156,9 @@ def test_whole_vertebra_heights_use_the_body_in_front_of_the_canal(encoded):
         vertebra = _nums(groups[0])
         heights = [v for c, v, _, _ in vertebra if c == "121207"]
         assert heights == pytest.approx([9 * 0.9] * 3)  # 9 body rows of 0.9 mm
+
+
+def test_image_from_volume_equals_image_array(encoded):
+    # binary: image=the loader's Volume; labelmap: image=the array on the source frames
+    values = lambda sr: [v for g in _groups(sr) for _, v, _, _ in _nums(g)]  # noqa: E731
+    assert values(encoded.binary[1]) == pytest.approx(values(encoded.labelmap[1]))
