@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dicomnode.config import Config, load_config
+from dicomnode.config import load_config
 from dicomnode.models.registry import REGISTRY, ModelStore, get_entry
 from dicomnode.models.runtime import ModelError
 
@@ -126,20 +126,14 @@ def _install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _runtime(config: Config, device: str | None) -> Any:
-    from dicomnode.models.runtime import NnUNetRuntime
-
-    return NnUNetRuntime(device or config.models.device, max_models=config.models.keep_warm,
-                         threads=config.models.threads)
-
-
 def _verify(args: argparse.Namespace) -> int:
+    from dicomnode.models.runtime import NnUNetRuntime
     from dicomnode.models.weights import verify
 
     config = load_config(args.config)
     try:
         installed = ModelStore(config.models.path).require(args.name)
-        runtime = _runtime(config, args.device)
+        runtime = NnUNetRuntime.from_config(config.models, args.device)
 
         def report(c: Any) -> None:
             print(f"  {c.role}: {c.folder} folds {c.folds} on {runtime.device}: patch {c.patch_size}, "
@@ -155,14 +149,14 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _process(args: argparse.Namespace) -> int:
-    from dicomnode.models.pipelines import PipelineError, get_pipeline
+    from dicomnode.models.pipelines import PipelineError, create_pipeline
     from dicomnode.models.process import find_cases, process_cases
+    from dicomnode.models.runtime import NnUNetRuntime
 
     config = load_config(args.config)
     try:
-        pipeline_class = get_pipeline(args.pipeline)
-        model = args.model or config.models.pipeline_models.get(args.pipeline)
-        pipeline = pipeline_class(ModelStore(config.models.path), _runtime(config, args.device), model)
+        runtime = NnUNetRuntime.from_config(config.models, args.device)
+        pipeline = create_pipeline(args.pipeline, config.models, runtime, args.model)
         pipeline.store.require(pipeline.model)  # fail once, before reading any image
         cases, failures = find_cases(args.input)
     except (ModelError, PipelineError, FileNotFoundError) as exc:

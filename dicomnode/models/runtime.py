@@ -235,6 +235,10 @@ def load_model(folder: ModelFolder, settings: InferenceSettings, device: torch.d
         use_mirroring=settings.use_mirroring,
         perform_everything_on_device=settings.perform_everything_on_device and device.type == "cuda",
         device=device, verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    if device.type == "cuda" and len(parameters) > 1:
+        # nnU-Net loads each fold's weights into the network for every prediction; keeping them on
+        # the GPU makes that a device-to-device copy instead of a host upload per fold and series.
+        parameters = [{k: v.to(device) for k, v in p.items()} for p in parameters]
     predictor.manual_initialization(network, plans_manager, configuration_manager, parameters,
                                     dataset_json, trainer_name, mirroring_axes)
     predictor.network.to(device).eval()
@@ -251,6 +255,11 @@ class NnUNetRuntime:
     ``max_models`` bounds how many predictors stay loaded (least recently used are released);
     ``threads`` (> 0) sets torch's CPU thread count once, when the first model is loaded.
     """
+
+    @classmethod
+    def from_config(cls, models: Any, device: str | None = None) -> NnUNetRuntime:
+        """The runtime for the ``models`` section of ``config.yaml`` (``device`` overrides it)."""
+        return cls(device or models.device, max_models=models.keep_warm, threads=models.threads)
 
     def __init__(self, device: str = "auto", max_models: int = 4, threads: int = 0):
         self.device_spec = device

@@ -95,12 +95,13 @@ def _trainer_class(name: str) -> type:
 
 
 def build_model_folder(results: Path, plans_name: str, folds: Sequence[int | str], *,
-                       trainer: str = "nnUNetTrainer", seed: int = 0) -> Path:
+                       trainer: str = "nnUNetTrainer", seed: int = 0,
+                       spacing: Sequence[float] = (2.0, 1.5, 1.5),
+                       patch_size: Sequence[int] = (16, 32, 32)) -> Path:
     """Train nothing, save everything: a model folder with random-weight checkpoints per fold."""
     import torch
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: F401
 
-    plans, dataset = plans_json(plans_name), dataset_json()
+    plans, dataset = plans_json(plans_name, spacing, patch_size), dataset_json()
     preprocessed = results.parent / f"{results.name}-preprocessed"
     # The trainer refuses to initialise without a preprocessed folder to infer its data format from.
     data = preprocessed / DATASET / plans["configurations"]["3d_fullres"]["data_identifier"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from dicomnode.models.pipelines.base import (
     Pipeline,
@@ -13,6 +13,11 @@ from dicomnode.models.pipelines.base import (
     VolumeLike,
 )
 from dicomnode.models.pipelines.vertebral_bodies_ct import VertebralBodiesCT
+from dicomnode.models.registry import ModelStore
+
+if TYPE_CHECKING:
+    from dicomnode.config import ModelsConfig
+    from dicomnode.models.runtime import NnUNetRuntime
 
 PIPELINES: Mapping[str, type[Pipeline]] = MappingProxyType({p.name: p for p in (VertebralBodiesCT,)})
 
@@ -24,5 +29,13 @@ def get_pipeline(name: str) -> type[Pipeline]:
         raise PipelineError(f"unknown pipeline {name!r}; available: {', '.join(PIPELINES)}") from None
 
 
+def create_pipeline(name: str, models: ModelsConfig, runtime: NnUNetRuntime,
+                    model: str | None = None) -> Pipeline:
+    """A pipeline on the node's weights directory and runtime; the model is ``model``, else
+    ``models.pipeline_models[name]``, else the pipeline's default."""
+    return get_pipeline(name)(ModelStore(models.path), runtime,
+                              model or models.pipeline_models.get(name))
+
+
 __all__ = ["PIPELINES", "Pipeline", "PipelineError", "PipelineMetadata", "PipelineResult",
-           "VolumeLike", "get_pipeline"]
+           "VolumeLike", "create_pipeline", "get_pipeline"]
