@@ -35,9 +35,10 @@ def derived_uid(source: Dataset, pipeline: PipelineMetadata, *parts: str) -> str
 
     ``parts`` name the object ("seg", layer name, segmentation type, "instance", ...).
     """
+    stack = (f"stack={pipeline.stack}",) if pipeline.stack else ()
     name = "\x1f".join(
         (source_series_uid(source), pipeline.pipeline, pipeline.model, pipeline.weights_version,
-         *parts)
+         *stack, *parts)
     )
     return f"2.25.{uuid.uuid5(_NAMESPACE, name).int}"
 

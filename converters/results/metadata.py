@@ -23,6 +23,9 @@ class PipelineMetadata:
         model_name: Manufacturer's Model Name (0008,1090).
         device_serial_number: Device Serial Number (0018,1000).
         parameters: Algorithm Parameters (0066,0032), written as ``k=v`` pairs.
+        stack: which volume of the source series was segmented, when one series yields
+            several (echoes, separate stacks); part of the derived UIDs so that their outputs
+            do not replace each other. Empty for the usual one-volume series.
     """
 
     pipeline: str
@@ -33,6 +36,7 @@ class PipelineMetadata:
     model_name: str = "dicomnode spine segmentation"
     device_serial_number: str = "0"
     parameters: Mapping[str, str] = field(default_factory=dict)
+    stack: str = ""
 
     @property
     def algorithm_version(self) -> str:

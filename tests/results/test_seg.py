@@ -108,6 +108,9 @@ def test_uids_are_stable_and_depend_on_source_pipeline_and_weights(encoded):
     other = encode_results(case.datasets, case.labelmap, case.mapping, newer, opts)[0]
     assert other.SeriesInstanceUID != first.SeriesInstanceUID
     assert encoded.labelmap[0].SOPInstanceUID != first.SOPInstanceUID
+    echo2 = PipelineMetadata(PIPELINE.pipeline, PIPELINE.model, PIPELINE.weights_version, stack="echo 2")
+    assert encode_results(case.datasets, case.labelmap, case.mapping, echo2, opts)[0] \
+        .SeriesInstanceUID != first.SeriesInstanceUID
     assert all(len(uid) <= 64 for uid in (first.SOPInstanceUID, first.SeriesInstanceUID))
     assert "totalspineseg" in first.SeriesDescription
 
