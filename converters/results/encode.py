@@ -139,7 +139,10 @@ def encode_results(
     grid = Grid.from_planes([planes[i] for i in order], datasets[0])
     layers = [Layer(ly.mapping, ly.labelmap[order], ly.structures) for ly in layers]
     if image is not None:
-        image = np.asarray(image)[order]
+        image = np.asarray(image)
+        if image.shape != arrays[0].shape:
+            raise ValueError(f"image shape {image.shape} differs from the label map's {arrays[0].shape}")
+        image = image[order]
     modality = str(datasets[0].get("Modality", ""))
     if options.sr:
         findings = measure(layers, grid, image, modality, options.trabecular_erosion_mm)

@@ -69,5 +69,7 @@ def test_nothing_mapped_gives_nothing():
     case = synthetic_mr()
     empty = np.zeros_like(case.labelmap)
     assert encode_results(case.datasets, empty, case.mapping, SPINEPS) == []
+    with pytest.raises(ValueError, match="image shape"):
+        encode_results(case.datasets, case.labelmap, case.mapping, SPINEPS, image=case.image[1:])
     with pytest.raises(ValueError, match="label mappings"):
         encode_results(case.datasets, [empty, empty], [case.mapping], SPINEPS)
