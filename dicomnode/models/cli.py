@@ -54,6 +54,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     process.add_argument("--device", help="override models.device (auto, cpu, cuda:N)")
     process.add_argument("--no-encode", action="store_true",
                          help="write only the NIfTI label map (no SEG, SR or preview)")
+    process.add_argument("--workers", type=int, default=2, metavar="N",
+                         help="cases in flight at once: reading and preprocessing overlap the "
+                              "network pass (default 2)")
     process.set_defaults(handler=_process)
 
 
@@ -164,7 +167,8 @@ def _process(args: argparse.Namespace) -> int:
     if not cases and not failures:
         return _fail(f"{args.input} holds no DICOM series and no NIfTI file")
     args.out.mkdir(parents=True, exist_ok=True)
-    outcomes = failures + process_cases(cases, pipeline, args.out, encode=not args.no_encode)
+    outcomes = failures + process_cases(cases, pipeline, args.out, encode=not args.no_encode,
+                                          workers=args.workers)
     done = [o for o in outcomes if o.ok]
     print(f"{len(done)} of {len(outcomes)} case(s) segmented into {args.out}")
     for outcome in outcomes:

@@ -147,21 +147,35 @@ def encode_outputs(case_dir: Path, volume: Any, result: PipelineResult) -> list[
     return paths
 
 
+def _run_case(case: Case, pipeline: Pipeline, out: Path, encode: bool) -> CaseOutcome:
+    start = time.perf_counter()
+    try:
+        volume = _load(case)
+        result = pipeline.run(volume)
+        outputs = write_result(out / case.name, volume, result, encode and case.kind == "dicom")
+        return CaseOutcome(case, True, outputs=outputs, seconds=time.perf_counter() - start)
+    except Exception as exc:  # one bad series must not stop a cohort run; reported per case
+        return CaseOutcome(case, False, f"{type(exc).__name__}: {exc}",
+                           seconds=time.perf_counter() - start)
+
+
 def process_cases(cases: list[Case], pipeline: Pipeline, out: Path, *, encode: bool = True,
-                  progress: bool = True) -> list[CaseOutcome]:
-    """Run ``pipeline`` on each case, writing its outputs under ``out``; never stops at a failure."""
+                  progress: bool = True, workers: int = 2) -> list[CaseOutcome]:
+    """Run ``pipeline`` on each case, writing its outputs under ``out``; never stops at a failure.
+
+    ``workers`` cases are in flight at once: while one is on the device (the runtime's lock lets
+    one network pass run at a time), the next is read, decoded and preprocessed, and the previous
+    one resampled back and encoded. Outcomes come back in the order of ``cases``.
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     from tqdm import tqdm
 
-    outcomes = []
-    for case in tqdm(cases, desc=pipeline.name, unit="case", disable=not progress):
-        start = time.perf_counter()
-        try:
-            volume = _load(case)
-            result = pipeline.run(volume)
-            outputs = write_result(out / case.name, volume, result, encode and case.kind == "dicom")
-            outcomes.append(CaseOutcome(case, True, outputs=outputs,
-                                        seconds=time.perf_counter() - start))
-        except Exception as exc:  # one bad series must not stop a cohort run; reported per case
-            reason = f"{type(exc).__name__}: {exc}"
-            outcomes.append(CaseOutcome(case, False, reason, seconds=time.perf_counter() - start))
-    return outcomes
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="case") as pool, \
+            tqdm(total=len(cases), desc=pipeline.name, unit="case", disable=not progress) as bar:
+        futures = {pool.submit(_run_case, case, pipeline, out, encode): i for i, case in enumerate(cases)}
+        outcomes: list[CaseOutcome | None] = [None] * len(cases)
+        for future in as_completed(futures):
+            outcomes[futures[future]] = future.result()
+            bar.update()
+    return [o for o in outcomes if o is not None]

@@ -312,15 +312,31 @@ class NnUNetRuntime:
 
         ``image`` is (channels, z, y, x) in nnU-Net's (SimpleITK) axis order and ``spacing`` is
         (z, y, x) in mm. Returns the label array (z, y, x), or (labels, probabilities) when asked.
+
+        The same three nnU-Net steps as ``predict_single_npy_array`` (preprocess, sliding-window
+        logits, resample back and argmax), but only the middle one holds the device lock: another
+        job's CPU-side preprocessing and export overlap with this one's network pass.
         """
+        from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+        from nnunetv2.inference.export_prediction import (
+            convert_predicted_logits_to_segmentation_with_correct_shape,
+        )
+
         loaded = self.model(folder, settings)
         if image.ndim != 4 or image.shape[0] != loaded.num_input_channels:
             raise ModelLoadError(f"{folder.path.name} expects {loaded.num_input_channels} channel(s) "
                                  f"of 3D data, got an array of shape {image.shape}")
+        predictor = loaded.predictor
+        preprocess = PreprocessAdapterFromNpy(
+            [image], [previous_stage], [{"spacing": [float(s) for s in spacing]}], [None],
+            predictor.plans_manager, predictor.dataset_json, predictor.configuration_manager,
+            num_threads_in_multithreaded=1, verbose=False)
+        case = next(preprocess)
         with self.device_lock(), _tf32(settings.allow_tf32, self.device):
-            return loaded.predictor.predict_single_npy_array(
-                image, {"spacing": [float(s) for s in spacing]}, previous_stage, None,
-                return_probabilities)
+            logits = predictor.predict_logits_from_preprocessed_data(case["data"]).cpu()
+        return convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager,
+            case["data_properties"], return_probabilities=return_probabilities)
 
     def loaded(self) -> list[ModelFolder]:
         """The model folders currently warm."""
