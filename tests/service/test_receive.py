@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,28 @@ def test_late_instance_reopens_series_as_new_revision(make_node: Any, tmp_path: 
     assert _series(status, series)["revision"] == 2 and _series(status, series)["instances"] == 4
     assert [(j["revision"], j["state"], j["instances"]) for j in status["jobs"]] == [
         (1, "superseded", 3), (2, "complete", 4)]
+
+
+def test_max_associations_refuses_one_more(make_node: Any) -> None:
+    node = make_node(node={"max_associations": 1, "network_timeout": 3})
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context(CTImageStorage, JPEG2000Lossless)
+    # The start-up probe (a bare TCP connect) holds the one slot until pynetdicom gives up
+    # waiting for its A-ASSOCIATE-RQ (network_timeout); wait for that.
+    deadline = time.monotonic() + 30
+    while not (held := ae.associate("127.0.0.1", node.port, ae_title=AE_TITLE)).is_established:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    try:
+        refused = echoscu(node.port)
+        assert refused.returncode != 0 and "Rejected" in refused.stdout
+    finally:
+        held.release()
+    deadline = time.monotonic() + 30  # the slot frees once the node has closed its side
+    while echoscu(node.port).returncode != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    reasons = [a["reason"] for a in node.wait_for(
+        lambda s: s["associations"]["by_outcome"].get("released", 0) >= 2
+    )["associations"]["recent"]]
+    assert "too-many-associations" in reasons
