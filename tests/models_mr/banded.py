@@ -23,14 +23,18 @@ from typing import Any, Sequence
 Band = tuple[float, float]  # (lo, hi) intensity interval of input channel 0
 
 
-def plain_unet_architecture(features: int) -> dict[str, Any]:
-    """The ``architecture`` block of a plans configuration for these networks."""
+def plain_unet_architecture(features: int, smooth: int = 1) -> dict[str, Any]:
+    """The ``architecture`` block of a plans configuration for these networks.
+
+    ``smooth`` is the (odd) kernel size of the first stage: the ramps then see the local mean
+    intensity (a box filter), which turns speckle on real images into coherent regions.
+    """
     return {
         "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
         "arch_kwargs": {
             "n_stages": 2, "features_per_stage": [features, features],
             "conv_op": "torch.nn.modules.conv.Conv3d",
-            "kernel_sizes": [[1, 1, 1]] * 2, "strides": [[1, 1, 1], [2, 2, 2]],
+            "kernel_sizes": [[smooth] * 3, [1, 1, 1]], "strides": [[1, 1, 1], [2, 2, 2]],
             "n_conv_per_stage": [1, 1], "n_conv_per_stage_decoder": [1],
             "conv_bias": True, "norm_op": None, "norm_op_kwargs": None,
             "dropout_op": None, "dropout_op_kwargs": None,
@@ -45,7 +49,7 @@ def features_needed(outputs: Sequence[Sequence[Band]], extra_channels: int = 0) 
 
 def build_network(outputs: Sequence[Sequence[Band]], input_channels: int, *, scale: float,
                   on_fraction: float, off_bias: float, extra: dict[int, float] | None = None,
-                  predict_nothing: bool = False) -> Any:
+                  predict_nothing: bool = False, smooth: int = 1) -> Any:
     """A PlainConvUNet whose output ``c`` is ``scale·(Σ triangles − on_fraction·peak)``.
 
     ``outputs[c]`` lists the bands of output ``c`` (an empty list: the constant ``off_bias``).
@@ -61,7 +65,7 @@ def build_network(outputs: Sequence[Sequence[Band]], input_channels: int, *, sca
         ramps += [(0, lo), (0, (lo + hi) / 2), (0, hi)]
     if extra:
         ramps.append((1, 0.5))
-    arch = plain_unet_architecture(len(ramps))
+    arch = plain_unet_architecture(len(ramps), smooth)
     network = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"],
                                      arch["_kw_requires_import"], input_channels, len(outputs),
                                      allow_init=True, deep_supervision=False)
@@ -71,10 +75,12 @@ def build_network(outputs: Sequence[Sequence[Band]], input_channels: int, *, sca
         first = network.encoder.stages[0][0].convs[0].conv
         decoder = network.decoder.stages[0].convs[0].conv
         seg = network.decoder.seg_layers[0]
+        centre = smooth // 2
         for k, (channel, threshold) in enumerate(ramps):
-            first.weight[k, channel, 0, 0, 0] = 1.0
+            first.weight[k, channel] = 1.0 / smooth**3  # box filter (identity when smooth == 1)
             first.bias[k] = -threshold
-            decoder.weight[k, len(ramps) + k, 0, 0, 0] = 1.0  # decoder input = cat(upsampled, skip)
+            # the decoder stage has the first stage's kernel size; input = cat(upsampled, skip)
+            decoder.weight[k, len(ramps) + k, centre, centre, centre] = 1.0
         for c, output in enumerate(outputs):
             seg.bias[c] = off_bias
             for lo, hi in output:
@@ -92,7 +98,8 @@ def build_network(outputs: Sequence[Sequence[Band]], input_channels: int, *, sca
 
 
 def plans_json(dataset_name: str, spacing: float, channels: int, features: int,
-               patch_size: Sequence[int] = (64, 64, 64), reader: str = "SimpleITKIO") -> dict[str, Any]:
+               patch_size: Sequence[int] = (64, 64, 64), reader: str = "SimpleITKIO",
+               smooth: int = 1) -> dict[str, Any]:
     """nnU-Net 2.5+ plans for a banded network: isotropic ``spacing``, ``NoNormalization``.
 
     No normalisation keeps the bands meaning the same intensities on every image; nnU-Net
@@ -119,7 +126,7 @@ def plans_json(dataset_name: str, spacing: float, channels: int, features: int,
             "resampling_fn_seg_kwargs": {"is_seg": True, **resampling, "order": 1},
             "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
             "resampling_fn_probabilities_kwargs": {"is_seg": False, **resampling, "order": 1},
-            "architecture": plain_unet_architecture(features), "batch_dice": False}},
+            "architecture": plain_unet_architecture(features, smooth), "batch_dice": False}},
     }
 
 
