@@ -12,6 +12,8 @@ from dicomnode.models.pipelines.base import (
     PipelineResult,
     VolumeLike,
 )
+from dicomnode.models.pipelines.spineps import Spineps
+from dicomnode.models.pipelines.totalspineseg import TotalSpineSeg
 from dicomnode.models.pipelines.vertebral_bodies_ct import VertebralBodiesCT
 from dicomnode.models.registry import ModelStore
 
@@ -19,7 +21,8 @@ if TYPE_CHECKING:
     from dicomnode.config import ModelsConfig
     from dicomnode.models.runtime import NnUNetRuntime
 
-PIPELINES: Mapping[str, type[Pipeline]] = MappingProxyType({p.name: p for p in (VertebralBodiesCT,)})
+PIPELINES: Mapping[str, type[Pipeline]] = MappingProxyType(
+    {p.name: p for p in (VertebralBodiesCT, TotalSpineSeg, Spineps)})
 
 
 def get_pipeline(name: str) -> type[Pipeline]:
