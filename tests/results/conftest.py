@@ -63,15 +63,19 @@ def dciodvfy_errors(ds: Dataset, folder: Path) -> list[str]:
 def patient_resample(array: np.ndarray, affine: np.ndarray, target_affine: np.ndarray,
                      target_shape: tuple[int, ...]) -> np.ndarray:
     """Put ``array`` (index → patient ``affine``) onto the target grid, which must share its
-    voxel centres (exact read-back means no interpolation); voxels outside it become 0."""
-    idx = np.indices(target_shape).reshape(3, -1).T.astype(float)
-    pts = idx @ target_affine[:3, :3].T + target_affine[:3, 3]
-    inv = np.linalg.inv(affine)
-    src = pts @ inv[:3, :3].T + inv[:3, 3]
-    rounded = np.rint(src)
-    assert np.abs(src - rounded).max() < 1e-3, "read-back grid does not share the source voxel centres"
-    rounded = rounded.astype(int)
-    inside = np.all((rounded >= 0) & (rounded < np.array(array.shape)), axis=1)
-    out = np.zeros(len(idx), array.dtype)
-    out[inside] = array[tuple(rounded[inside].T)]
-    return out.reshape(target_shape)
+    voxel centres and axes up to order and sign (exact read-back means no interpolation);
+    voxels outside ``array`` become 0."""
+    m = np.linalg.inv(affine) @ target_affine  # target index → source index
+    perm = np.rint(m[:3, :3])
+    assert np.abs(m[:3, :3] - perm).max() < 1e-3, "read-back axes differ from the source's"
+    assert (np.abs(perm).sum(axis=0) == 1).all(), "read-back axes are not a permutation"
+    offset = np.rint(m[:3, 3])
+    assert np.abs(m[:3, 3] - offset).max() < 1e-3, "read-back voxel centres are shifted"
+    src_axis = np.abs(perm).argmax(axis=0)  # source axis of each target axis
+    sign = perm[src_axis, range(3)]
+    idx = [(sign[j] * np.arange(target_shape[j]) + offset[src_axis[j]]).astype(int) for j in range(3)]
+    valid = [(i >= 0) & (i < array.shape[src_axis[j]]) for j, i in enumerate(idx)]
+    out = np.zeros(target_shape, array.dtype)
+    moved = array.transpose(src_axis)
+    out[np.ix_(*valid)] = moved[np.ix_(*(i[v] for i, v in zip(idx, valid)))]
+    return out
