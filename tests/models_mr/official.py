@@ -11,9 +11,8 @@ Two harness changes, neither touching what is computed:
   plain ``nnUNetTrainer`` subclass. For inference a trainer class only contributes
   ``build_network_architecture``, which AugLab's trainer inherits unchanged; its mirroring axes
   are unused because TotalSpineSeg disables test-time augmentation.
-* The official command runs in a child process (a fresh interpreter, as the CLI would) with one
-  worker, so that it neither shares nnU-Net's or torch's state with the test process nor
-  oversubscribes the CPU.
+* The official command runs in a child process (a fresh interpreter, as the CLI would), in the
+  tests with one worker and one torch thread so that it does not oversubscribe the CPU.
 """
 
 from __future__ import annotations
@@ -40,11 +39,12 @@ _TSS_SCRIPT = textwrap.dedent('''\
     import totalspineseg.inference as official
 
     official.add_trainer = lambda *args, **kwargs: None  # see tests/models_mr/official.py
-    torch.set_num_threads(1)
-    source, output, data, step1 = sys.argv[1:5]
+    source, output, data, step1, threads, workers = sys.argv[1:7]
+    torch.set_num_threads(int(threads))  # the CLI sets cpu_count() on the CPU
     official.inference(input_path=Path(source), output_path=Path(output), data_path=Path(data),
                        default_release="r20251124", device=torch.device("cpu"),
-                       step1_only=step1 == "1", max_workers=1, max_workers_nnunet=1, quiet=True,
+                       step1_only=step1 == "1", max_workers=int(workers),
+                       max_workers_nnunet=int(workers), quiet=True,
                        keep_only=["step1_raw", "step1_output", "step2_raw", "step2_output"])
 ''')
 
@@ -57,12 +57,21 @@ def stub_trainer_dir(where: Path) -> Path:
     return folder
 
 
+def totalspineseg_command(source: Path, output: Path, data_dir: Path, *, step1_only: bool = False,
+                          threads: int = 1, workers: int = 1) -> tuple[list[str], dict[str, str]]:
+    """Argv and environment of ``totalspineseg SOURCE OUTPUT --data-dir DATA_DIR [--step1]``.
+
+    ``threads``: torch CPU threads, ``workers``: its process pools (tests use 1 and 1; the official
+    CLI defaults to ``os.cpu_count()`` for both on a CPU-only machine with ≥ 8 GiB per core).
+    """
+    env = {**os.environ, "nnUNet_extTrainer": str(stub_trainer_dir(output.parent / f".{output.name}"))}
+    argv = [sys.executable, "-c", _TSS_SCRIPT, str(source), str(output), str(data_dir),
+            "1" if step1_only else "0", str(threads), str(workers)]
+    return argv, env
+
+
 def run_totalspineseg(source: Path, output: Path, data_dir: Path, *, step1_only: bool = False,
                       timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """``totalspineseg SOURCE OUTPUT --data-dir DATA_DIR [--step1]`` through ``inference()``."""
-    env = {**os.environ, "nnUNet_extTrainer": str(stub_trainer_dir(output.parent / f".{output.name}")),
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-c", _TSS_SCRIPT, str(source), str(output), str(data_dir),
-         "1" if step1_only else "0"],
-        env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    """Run the official command (see :func:`totalspineseg_command`) and wait for it."""
+    argv, env = totalspineseg_command(source, output, data_dir, step1_only=step1_only)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)

@@ -103,3 +103,33 @@ def test_axial_image_is_refused_like_the_official_api(pipeline: Spineps, setup: 
     with pytest.raises(SpinepsError, match="sagittal or isotropic"):
         pipeline.run(_Volume(image))
     assert not _official(setup, "sub-axial_T2w.nii.gz").success
+
+
+def test_mr_dicom_case_gives_two_seg_series_and_an_sr_that_dciodvfy_accepts(
+        pipeline: Spineps, tmp_path: Path) -> None:
+    """The shared T2w sample as an MR DICOM series → SPINEPS → SEG (instances), SEG
+    (subregions), SR: each a valid DICOM object (zero ``dciodvfy`` errors)."""
+    import converters
+    from tests.results.conftest import dciodvfy_errors
+    from tests.synthetic import single_frame_series
+
+    sample = sitk.ReadImage(str(SAMPLE))
+    stored = sitk.GetArrayFromImage(sample).astype(np.int64)
+    series = single_frame_series(
+        name="tptbox_t2w", modality="MR", shape=stored.shape, spacing=sample.GetSpacing(),
+        direction=np.array(sample.GetDirection()).reshape(3, 3), origin=sample.GetOrigin(),
+        stored=stored, bits_stored=12, image_type=("ORIGINAL", "PRIMARY", "M", "NORM"),
+        window=(120.0, 300.0))
+    volume = converters.load_series(series.datasets, keep_pixel_data=True)
+    result = pipeline.run(volume)
+    parts = result.all
+    grids = [converters.to_source_grid(volume, part.labelmap) for part in parts]
+    datasets = converters.encode_results(grids[0], [g.array for g in grids],
+                                         [part.mapping for part in parts],
+                                         result.metadata.for_encoders(), image=volume)
+    segs = [ds for ds in datasets if ds.Modality == "SEG"]
+    reports = [ds for ds in datasets if ds.Modality == "SR"]
+    assert len(segs) == 2 and len({ds.SeriesInstanceUID for ds in segs}) == 2
+    assert len(reports) == 1
+    for ds in [*segs, *reports]:
+        assert dciodvfy_errors(ds, tmp_path) == [], ds.Modality
