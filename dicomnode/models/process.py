@@ -134,9 +134,14 @@ def encode_outputs(case_dir: Path, volume: Any, result: PipelineResult) -> list[
     """SEG, SR and preview of a DICOM case: label map → source frames → ``converters.encode_results``."""
     import converters
 
-    grid = converters.to_source_grid(volume, result.labelmap)
+    # A pipeline with overlapping label maps (SPINEPS: instances and subregions) returns them all
+    # in ``result.all``; each becomes its own SEG series.
+    parts = getattr(result, "all", (result,))
+    grids = [converters.to_source_grid(volume, part.labelmap) for part in parts]
+    labels = None if len(parts) == 1 else [grid.array for grid in grids]
+    mappings = result.mapping if len(parts) == 1 else [part.mapping for part in parts]
     png = case_dir / "preview.png"
-    datasets = converters.encode_results(grid, None, result.mapping, result.metadata.for_encoders(),
+    datasets = converters.encode_results(grids[0], labels, mappings, result.metadata.for_encoders(),
                                          png_path=png)
     paths = [png] if png.exists() else []
     for index, dataset in enumerate(datasets):
