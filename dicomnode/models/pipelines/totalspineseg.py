@@ -32,7 +32,10 @@ back to the source grid       ``transform_seg2image`` to the input image (neares
 Between steps each image passes through :func:`~dicomnode.models.pipelines.nifti.file_handoff`
 and the official "ensure dtype" conversion its file wrapper applies (``_as_image`` /
 ``_as_seg``), so the next step sees exactly what it would have read from disk (float32 affine,
-uint8 labels, input dtype for images).
+uint8 labels, input dtype for images). nnU-Net's outputs get the header SimpleITK would write
+(:func:`~dicomnode.models.pipelines.nifti.itk_written`): on oblique images the final
+nearest-neighbour resampling can fall exactly half-way between voxels, and a one-ulp difference in
+the affine then moves whole slices of labels.
 
 Not reproduced: the localizer option (``--loc``), ``--iso`` output and the extra outputs
 (soft cord/canal, disc levels, previews) — the node returns the labelled segmentation only.
