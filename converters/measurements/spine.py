@@ -83,7 +83,9 @@ def _mid_sagittal(points: np.ndarray, grid: Grid) -> np.ndarray:
     """Points of the sagittal slab (1 voxel or ±1 mm wide) through the structure's centre."""
     lr = points @ LR
     half = max(grid.extent_along(LR) / 2, 1.0)
-    return points[np.abs(lr - np.median(lr)) <= half]
+    # The tolerance keeps both middle columns when an even count puts the median exactly
+    # half a voxel from each (rounding otherwise empties the slab).
+    return points[np.abs(lr - np.median(lr)) <= half * (1 + 1e-9) + 1e-9]
 
 
 def body_heights(mask: np.ndarray, grid: Grid) -> BodyHeights:

@@ -103,3 +103,15 @@ def test_oblique_grid_volume_is_invariant():
     a[:3, :3] = np.array([[0, c, -s], [0, s, c], [1, 0, 0]]).T @ np.diag([0.5, 0.5, 0.5])
     mask = _box((40, 30, 20))
     assert region_statistics(mask, Grid(a)).volume_ml == pytest.approx(24.0)
+
+
+@pytest.mark.parametrize("spacing, origin_x", [(3.3091, 247.6533), (2.544552, 137.6979),
+                                               (2.311412, 261.0435), (0.7, 0.0)])
+def test_body_two_columns_wide_keeps_its_mid_sagittal_slab(spacing, origin_x):
+    # An even number of columns puts the median exactly half a voxel from each middle column;
+    # rounding used to leave the slab empty for these real-world-like origins (a node run
+    # on 3.9 mm pixels failed with "empty mask: no heights").
+    grid = Grid.from_spacing((2.0, spacing, spacing), origin=(origin_x, -12.3, 45.6))
+    mask = np.zeros((12, 10, 6), bool)
+    mask[2:10, 2:8, 2:4] = True  # 8 slices × 2 mm high, two columns wide in x
+    assert body_heights(mask, grid).middle_mm == pytest.approx(16.0)
