@@ -29,21 +29,15 @@ class PipelineProcessor:
         from dicomnode.models.runtime import NnUNetRuntime
 
         if self._runtime is None:
-            models = self.config.models
-            self._runtime = NnUNetRuntime(models.device, max_models=models.keep_warm,
-                                          threads=models.threads)
+            self._runtime = NnUNetRuntime.from_config(self.config.models)
         return self._runtime
 
     def pipeline(self, name: str) -> Any:
-        from dicomnode.models.pipelines import get_pipeline
+        from dicomnode.models.pipelines import create_pipeline
 
         with self._lock:
             if name not in self._pipelines:
-                from dicomnode.models.registry import ModelStore
-
-                model = self.config.models.pipeline_models.get(name)
-                store = ModelStore(self.config.models.path)
-                self._pipelines[name] = get_pipeline(name)(store, self.runtime, model)
+                self._pipelines[name] = create_pipeline(name, self.config.models, self.runtime)
             return self._pipelines[name]
 
     def __call__(self, pipeline: str, paths: list[Path], out: Path,

@@ -27,7 +27,10 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.models.modelfolders import build_model_folder
 
     results = tmp_path_factory.mktemp("nnUNet_results")
-    folder = build_model_folder(results, "nnUNetResEncUNetMPlans", ["all"], seed=3)
+    # Coarse target spacing: nnU-Net resamples every input to it, so this keeps CPU inference
+    # to seconds whatever the input's resolution.
+    folder = build_model_folder(results, "nnUNetResEncUNetMPlans", ["all"], seed=3,
+                                spacing=(4.0, 3.0, 3.0))
     store = tmp_path_factory.mktemp("models")
     config = store / "config.yaml"
     config.write_text(f"models:\n  path: {store}\n")
