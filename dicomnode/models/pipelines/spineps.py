@@ -27,7 +27,8 @@ own predictor copy (float16 input, half-precision accumulation, its own tiling),
 numerically the same as nnunetv2's; using nnunetv2's predictor would change the output. The
 official ``SegmentationModel`` objects are loaded once per pipeline (the service builds each
 pipeline once) and run under the runtime's device lock, so they share the GPU safely with the
-nnU-Net runtime's models.
+nnU-Net runtime's models; the global torch flags TPTBox sets (TF32, cuDNN autotuning) are on only
+while SPINEPS runs. SPINEPS chooses the GPU itself, so it runs on ``cuda:0`` or the CPU.
 
 Two label maps come back, because they overlap: the vertebra/disc/endplate instances
 (``seg-vert``, the primary result) and the vertebral subregions (``seg-spine``).
@@ -36,6 +37,8 @@ Two label maps come back, because they overlap: the vertebra/disc/endplate insta
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -63,6 +66,29 @@ IN_MEMORY: dict[str, Any] = dict(
     return_output_instead_of_save=True, save_raw=False, override_semantic=True,
     override_instance=True, override_postpair=True, override_ctd=True,
     log_inference_time=False, verbose=False)
+
+
+@contextmanager
+def _torch_flags_restored(spineps_gpu: bool = False) -> Iterator[None]:
+    """Run SPINEPS with the torch flags it sets, without leaking them to the other models.
+
+    TPTBox's ``load_inf_model`` turns on cuDNN autotuning and TF32 *globally* when it loads a
+    model on CUDA; the official tool then runs with them on. Here they are on while SPINEPS
+    runs (``spineps_gpu``) and restored afterwards, so the nnU-Net runtime's other models keep
+    their own precision (the CT model must not run in TF32).
+    """
+    import torch
+
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.allow_tf32)
+    if spineps_gpu and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32) = saved
 
 
 class SpinepsError(PipelineError):
@@ -102,13 +128,16 @@ class Spineps(Pipeline):
         from spineps.get_models import get_actual_model
 
         installed = self.store.require(self.model)
-        use_cpu = self.runtime.device.type == "cpu"
+        device = self.runtime.device
+        if device.type == "cuda" and (device.index or 0) != 0:
+            # spineps picks "cuda" / "cuda:0" itself (SegmentationModel.load); no device argument
+            raise SpinepsError(f"SPINEPS runs on cuda:0 or the CPU only, not {device}")
         loaded = []
         for role in ("semantic", "instance"):
-            key = (str(installed.component(role)), str(self.runtime.device))
+            key = (str(installed.component(role)), str(device))
             if key not in self._loaded:
-                with self.runtime.device_lock():
-                    model = get_actual_model(installed.component(role), use_cpu=use_cpu)
+                with self.runtime.device_lock(), _torch_flags_restored():
+                    model = get_actual_model(installed.component(role), use_cpu=device.type == "cpu")
                     model.default_allow_tqdm = False
                     self._loaded[key] = model.load()
             loaded.append(self._loaded[key])
@@ -125,7 +154,7 @@ class Spineps(Pipeline):
         with tempfile.TemporaryDirectory(prefix="dicomnode-spineps-") as tmp:
             name = Path(tmp) / f"sub-dicomnode_{self.contrast}.nii.gz"
             reference = BIDS_FILE(str(name), dataset=tmp, verbose=False)
-            with self.runtime.device_lock():
+            with self.runtime.device_lock(), _torch_flags_restored(spineps_gpu=True):
                 raw = segment_image(img_ref=reference, model_semantic=semantic,
                                     model_instance=instance, model_labeling=None, _nii=nii,
                                     **IN_MEMORY)
