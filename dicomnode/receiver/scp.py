@@ -50,6 +50,9 @@ STATUS_WRITE_FAILED = 0xA701
 STATUS_INDEX_FAILED = 0xA702
 STATUS_CANNOT_UNDERSTAND = 0xC000
 
+#: Seconds a graceful stop waits for open associations before aborting them.
+STOP_GRACE = 5.0
+
 #: Largest P-DATA PDU we accept; large PDUs mean fewer fragments to reassemble per instance.
 MAX_PDU_SIZE = 4 * 1024 * 1024
 
@@ -167,11 +170,24 @@ class Receiver:
         log_event(LOGGER, "receiver.listening", ae_title=self.node.ae_title,
                   host=self.node.host, port=self.node.port, tls=self.node.tls.enabled)
 
-    def stop(self) -> None:
-        """Stop accepting, let running C-STOREs finish their reply, close the socket."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop accepting; give open associations ``grace`` seconds to end, then abort them.
+
+        Returns once no C-STORE handler runs any more, so everything acknowledged is indexed.
+        An instance cut off by the abort was not acknowledged; the sender resends it.
+        """
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()  # no new associations; open ones go on in their threads
+        open_associations = [a for a in server.ae.active_associations if a.is_acceptor]
+        deadline = time.monotonic() + grace
+        for assoc in open_associations:
+            assoc.join(max(0.0, deadline - time.monotonic()))
+        for assoc in open_associations:
+            if assoc.is_alive():
+                assoc.abort()
+                assoc.join(STOP_GRACE)
 
     # -- association policy and audit --------------------------------------------------------
 
