@@ -133,7 +133,7 @@ __all__ = [
 _UID_ROOT = "1.2.826.0.1.3680043.8.498."
 
 AXIAL = np.eye(3)
-SAGITTAL = np.array([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]).T  # row +y(P), col -z(I)
+SAGITTAL = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]]).T  # row +y(P), col -z(I), normal -x
 CORONAL = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]).T  # row +x(L), col -z
 
 

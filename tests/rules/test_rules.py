@@ -143,3 +143,12 @@ def test_header_facts_of_real_ct() -> None:
     ds = pydicom.dcmread(sorted(CT_DIR.iterdir())[0], stop_before_pixels=True)
     facts = SeriesFacts.from_dataset(ds, slices=20)
     assert facts.modality == "CT" and facts.orientation == "axial"
+
+
+def test_synthetic_planes_are_the_planes_they_are_named_after() -> None:
+    from tests import synthetic
+
+    for factory, plane in ((synthetic.sagittal_ct, "sagittal"), (synthetic.coronal_ct, "coronal"),
+                           (synthetic.sagittal_t2_mr, "sagittal")):
+        series = factory()
+        assert orientation_of(series.datasets[0]) == plane, factory.__name__
