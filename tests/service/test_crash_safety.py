@@ -53,7 +53,8 @@ def test_stop_during_transfer_loses_no_acknowledged_instance(
     assert not list(node.spool.glob(".incoming/*")), "partial files are cleared at start-up"
     status = node.status()
     assert status["instances"] == len(indexed)
-    assert status["associations"]["by_outcome"].get("aborted", 0) >= 1  # the cut-off one
+    if not graceful:
+        assert status["associations"]["by_outcome"].get("aborted", 0) >= 1  # the cut-off one
 
 
 def test_series_timers_rearmed_after_kill9(make_node: Any, tmp_path: Path,
