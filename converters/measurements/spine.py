@@ -83,9 +83,12 @@ def _mid_sagittal(points: np.ndarray, grid: Grid) -> np.ndarray:
     """Points of the sagittal slab (1 voxel or ±1 mm wide) through the structure's centre."""
     lr = points @ LR
     half = max(grid.extent_along(LR) / 2, 1.0)
-    # The tolerance keeps both middle columns when an even count puts the median exactly
-    # half a voxel from each (rounding otherwise empties the slab).
-    return points[np.abs(lr - np.median(lr)) <= half * (1 + 1e-9) + 1e-9]
+    # Centre the slab on the voxel nearest the median, not on the median itself: with an even
+    # count, or a mask in two parts, the median can fall between voxels and leave the slab
+    # empty. The tolerance keeps columns exactly half a voxel away despite rounding.
+    median = np.median(lr)
+    centre = lr[np.argmin(np.abs(lr - median))]
+    return points[np.abs(lr - centre) <= half * (1 + 1e-9) + 1e-9]
 
 
 def body_heights(mask: np.ndarray, grid: Grid) -> BodyHeights:

@@ -115,3 +115,13 @@ def test_body_two_columns_wide_keeps_its_mid_sagittal_slab(spacing, origin_x):
     mask = np.zeros((12, 10, 6), bool)
     mask[2:10, 2:8, 2:4] = True  # 8 slices × 2 mm high, two columns wide in x
     assert body_heights(mask, grid).middle_mm == pytest.approx(16.0)
+
+
+def test_body_in_two_parts_still_has_heights():
+    # A mask in two parts far apart (a noisy prediction) puts the median between them.
+    grid = Grid.from_spacing((2.0, 1.0, 1.0), origin=(12.5, 0.0, 0.0))
+    mask = np.zeros((12, 10, 30), bool)
+    mask[2:10, 2:8, 2:4] = True
+    mask[2:10, 2:8, 26:28] = True  # as big as the first: the median falls in the gap
+    heights = body_heights(mask, grid)
+    assert heights.middle_mm == pytest.approx(16.0)
