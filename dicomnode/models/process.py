@@ -101,13 +101,13 @@ def find_cases(source: Path) -> tuple[list[Case], list[CaseOutcome]]:
     return cases, failures
 
 
-def _load(case: Case) -> Any:
+def _load(case: Case, encode: bool) -> Any:
     if case.kind == "nifti":
         import SimpleITK as sitk
         return NiftiVolume(sitk.ReadImage(str(case.paths[0])))
     import converters
-    # Pixels are kept so that the SR's intensity measurements can read them from the sources.
-    return converters.load_series(list(case.paths), keep_pixel_data=True)
+    # Pixels are kept when the SR's intensity measurements will read them from the sources.
+    return converters.load_series(list(case.paths), keep_pixel_data=encode)
 
 
 def write_result(case_dir: Path, volume: Any, result: PipelineResult, encode: bool) -> list[Path]:
@@ -155,7 +155,7 @@ def encode_outputs(case_dir: Path, volume: Any, result: PipelineResult) -> list[
 def _run_case(case: Case, pipeline: Pipeline, out: Path, encode: bool) -> CaseOutcome:
     start = time.perf_counter()
     try:
-        volume = _load(case)
+        volume = _load(case, encode)
         result = pipeline.run(volume)
         outputs = write_result(out / case.name, volume, result, encode and case.kind == "dicom")
         return CaseOutcome(case, True, outputs=outputs, seconds=time.perf_counter() - start)

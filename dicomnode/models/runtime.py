@@ -24,13 +24,14 @@ runs every prediction under a per-device lock, so one GPU serves several jobs on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -111,7 +112,7 @@ class ModelFolder:
     def describe(self) -> dict[str, Any]:
         """Trainer, plans and configuration as the folder name states them, for result metadata."""
         parts = self.path.name.split("__")
-        trainer, plans, configuration = (parts + ["", "", ""])[:3] if len(parts) == 3 else ("", "", "")
+        trainer, plans, configuration = parts if len(parts) == 3 else ("", "", "")
         return {"folder": self.path.name, "trainer": trainer, "plans": plans,
                 "configuration": configuration, "folds": list(self.folds),
                 "checkpoint": self.checkpoint}
@@ -167,7 +168,6 @@ class LoadedModel:
     configuration: str
     trainer_note: str = ""
     num_input_channels: int = 1
-    labels: dict[str, Any] = field(default_factory=dict)
 
     @property
     def patch_size(self) -> tuple[int, ...]:
@@ -242,8 +242,7 @@ def load_model(folder: ModelFolder, settings: InferenceSettings, device: torch.d
     predictor.manual_initialization(network, plans_manager, configuration_manager, parameters,
                                     dataset_json, trainer_name, mirroring_axes)
     predictor.network.to(device).eval()
-    return LoadedModel(predictor, folder, trainer_name, configuration, note, num_inputs,
-                       dict(dataset_json.get("labels", {})))
+    return LoadedModel(predictor, folder, trainer_name, configuration, note, num_inputs)
 
 
 _CacheKey = tuple[str, tuple[Fold, ...], str, InferenceSettings, str]
@@ -361,20 +360,17 @@ class NnUNetRuntime:
                 torch.cuda.empty_cache()
 
 
-class _tf32:
-    """Turn TF32 on for one prediction and restore torch's flags afterwards (held under the lock)."""
+@contextlib.contextmanager
+def _tf32(enabled: bool, device: torch.device) -> Iterator[None]:
+    """TF32 on for one prediction (held under the device lock), torch's flags restored after."""
+    if not (enabled and device.type == "cuda"):
+        yield
+        return
+    import torch
 
-    def __init__(self, enabled: bool, device: torch.device):
-        self.enabled = enabled and device.type == "cuda"
-        self.saved: tuple[bool, bool] | None = None
-
-    def __enter__(self) -> None:
-        if self.enabled:
-            import torch
-            self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self.saved is not None:
-            import torch
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

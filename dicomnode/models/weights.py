@@ -123,7 +123,10 @@ def pull(entry: ModelEntry, store: ModelStore, *, mirror: str = "", timeout: flo
         paths.append(download(url, folder / item.subdir / item.filename, item.sha256,
                               timeout=timeout, progress=progress))
     archives = [p for p in paths if p.suffix.lower() == ".zip"]
-    installed = install(entry, store, archives if archives else [folder], source="pull")
+    # Record what was fetched, so a site can pin it (no seed source publishes checksums).
+    checksums = {p.relative_to(folder).as_posix(): sha256_of(p) for p in paths}
+    installed = install(entry, store, archives if archives else [folder], source="pull",
+                        checksums=checksums)
     shutil.rmtree(folder, ignore_errors=True)
     return installed
 
@@ -142,7 +145,7 @@ def _extract(archive: Path, target: Path) -> None:
 
 
 def install(entry: ModelEntry, store: ModelStore, sources: Sequence[Path], *,
-            source: str = "install") -> InstalledModel:
+            source: str = "install", checksums: dict[str, str] | None = None) -> InstalledModel:
     """Install an entry from its release zips or from a folder holding the release layout.
 
     A zip is matched to the release file of the same name (else, for one-file releases, to that
@@ -155,7 +158,7 @@ def install(entry: ModelEntry, store: ModelStore, sources: Sequence[Path], *,
     store.root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{entry.name}-", dir=store.root))
     try:
-        checksums = {}
+        checksums = dict(checksums or {})
         subdirs = {d.subdir for d in entry.downloads}
         # Releases in one part (a Hugging Face snapshot, one zip) go to their one subdir.
         single = next(iter(subdirs)) if len(subdirs) == 1 else None
