@@ -164,6 +164,9 @@ def test_cli_pull_from_mirror_list_and_verify(server: _Server, model_folders: di
                for line in listing.splitlines())
     assert main(["models", "verify", "vertebral-bodies-ct-m", "--config", str(config_file)]) == 0
     assert "OK" in capsys.readouterr().out
+    # Every pulled file's SHA-256 is recorded, so a site can pin what it fetched.
+    installed = ModelStore(config_file.parent / "models").require("vertebral-bodies-ct-m")
+    assert set(installed.manifest["sha256"]) == {d.filename for d in get_entry("vertebral-bodies-ct-m").downloads}
 
 
 def test_cli_pull_unreachable_exits_non_zero(config_file: Path,
