@@ -12,14 +12,16 @@ orientations; SPINEPS — ``N`` copies of the shared TPTBox T2w sample (68×52×
 (a) per-series latency: ours = one series through the warm pipeline in a process where the models
     are loaded (median over the cases after the first); reference = the official command started
     once per series (``totalspineseg`` via ``inference()``, see tests/models_mr/official.py;
-    ``spineps sample``), median wall time over 2 series.
+    for SPINEPS the one-call API ``spineps.segment`` in a fresh interpreter, because
+    ``spineps sample`` fails in its snapshot step on these tiny test masks), median over 2 series.
 (b) folder throughput: ``dicomnode process FOLDER --no-encode`` vs the official command over the
     same folder (``totalspineseg FOLDER``; for SPINEPS, whose ``dataset`` mode needs a BIDS tree,
-    ``spineps sample`` once per file, in sequence), cases per second.
+    ``spineps.segment`` once per file, in sequence), cases per second.
 (c) peak RSS of the (b) runs, summed over the process tree.
 
-The official TotalSpineSeg runs with its CLI defaults for threads/workers (``os.cpu_count()``)
-but keeps only the label outputs (no previews, soft masks or level files), which favours it.
+The official TotalSpineSeg runs with one torch thread and one worker process (with its CLI defaults,
+``os.cpu_count()`` threads and forked pools, it deadlocked on this machine) and keeps only the label
+outputs (no previews, soft masks or level files), which favours it.
 Ratios are ours / reference for seconds and MiB (below 1 is better), reference / ours for cases/s.
 
     .venv/bin/python benchmarks/pipelines_mr.py [--cases 3] [--pipeline both] [--json PATH]
@@ -44,8 +46,8 @@ sys.path.insert(0, str(REPO))
 from benchmarks.pipelines import run_measured  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "tptbox-spine-samples" / "sample_mri" / "sub-mri_label-6_T2w.nii.gz"
-SPINEPS_CLI = Path(sys.executable).with_name("spineps")
 ORIENTATIONS = ("RAS", "PIR", "LPS", "ASL", "IPR")
+_MARK = "warm latencies: "
 
 
 def tss_inputs(folder: Path, count: int) -> None:
@@ -93,7 +95,9 @@ def warm_latency(pipeline: str, models: Path, inputs: Path) -> list[float]:
 def _ours(pipeline: str, models: Path, inputs: Path, tmp: Path) -> tuple[float, float, float]:
     warm = subprocess.run([sys.executable, __file__, "--warm-only", pipeline, str(models), str(inputs)],
                           capture_output=True, text=True, check=True)
-    latency = statistics.median(json.loads(warm.stdout.strip().splitlines()[-1]))
+    # SPINEPS prints a citation box on exit: take our marked line, not the last one
+    line = next(x for x in warm.stdout.splitlines() if x.startswith(_MARK))
+    latency = statistics.median(json.loads(line[len(_MARK):]))
     config = tmp / f"{pipeline}.yaml"
     config.write_text(f"models:\n  path: {models}\n  device: cpu\n")
     seconds, rss = run_measured([sys.executable, "-m", "dicomnode.cli", "process", str(inputs),
@@ -112,10 +116,10 @@ def bench_totalspineseg(tmp: Path, count: int) -> list[dict]:
     inputs = tmp / "tss-inputs"
     tss_inputs(inputs, count)
     latency, ours_s, ours_rss = _ours("totalspineseg", tmp / "models", inputs, tmp)
-    cpus = os.cpu_count() or 1
-
     def reference(source: Path, out: Path) -> tuple[float, float]:
-        argv, env = official.totalspineseg_command(source, out, data, threads=cpus, workers=cpus)
+        # One torch thread and one worker: with the CLI defaults (cpu_count() threads, forked
+        # worker pools) the official run deadlocked here (the reason for its --no-stalling flag).
+        argv, env = official.totalspineseg_command(source, out, data, threads=1, workers=1)
         os.environ["nnUNet_extTrainer"] = env["nnUNet_extTrainer"]
         return run_measured(argv)
 
@@ -139,15 +143,18 @@ def bench_spineps(tmp: Path, count: int) -> list[dict]:
     installed = ModelStore(tmp / "models").require("spineps-t2w")
 
     def reference(path: Path) -> tuple[float, float]:
-        return run_measured([str(SPINEPS_CLI), "sample", "-i", str(path), "-ms",
-                             str(installed.component("semantic")), "-mi",
-                             str(installed.component("instance")), "-ml", "none", "--cpu",
-                             "-os", "-oi"])
+        # The official API in a fresh interpreter per series. (``spineps sample`` itself stops in
+        # its snapshot step on these tiny test masks: TPTBox's savgol_filter needs more vertebrae.)
+        code = ("import sys, spineps; r = spineps.segment(sys.argv[1], model_semantic=sys.argv[2], "
+                "model_instance=sys.argv[3], model_labeling=None, use_cpu=True, "
+                "output_in_memory=True); sys.exit(0 if r.success else 1)")
+        return run_measured([sys.executable, "-c", code, str(path),
+                             str(installed.component("semantic")), str(installed.component("instance"))])
 
     files = sorted(inputs.glob("*.nii.gz"))
     runs = [reference(path) for path in files]
     single = [s for s, _ in runs[:2]]
-    return _rows("spineps", "spineps sample", count, latency, statistics.median(single),
+    return _rows("spineps", "spineps.segment()", count, latency, statistics.median(single),
                  ours_s, sum(s for s, _ in runs), ours_rss, max(r for _, r in runs))
 
 
@@ -175,7 +182,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.warm_only:  # child process: keep the parent's memory out of the measurement
         name, models, inputs = args.warm_only
-        print(json.dumps(warm_latency(name, Path(models), Path(inputs))))
+        print(_MARK + json.dumps(warm_latency(name, Path(models), Path(inputs))), flush=True)
         return 0
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp_name:
