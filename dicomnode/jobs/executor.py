@@ -46,11 +46,21 @@ class Executor:
         """Something changed (a series completed): look now rather than at the next poll."""
         self._wake.set()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking work; wait up to ``timeout`` seconds in all for running steps.
+
+        A job still running after that is left in its state and queued again by
+        :meth:`JobService.recover` at the next start: stopping never waits for a model.
+        """
         self._stop.set()
         self._wake.set()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        busy = [t.name for t in self._threads if t.is_alive()]
+        if busy:
+            log_event(LOGGER, "executor.interrupted", threads=busy,
+                      note="their jobs are re-queued at the next start")
 
     def _sleep(self) -> None:
         self._wake.wait(self.poll_interval)

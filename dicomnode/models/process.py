@@ -101,13 +101,12 @@ def find_cases(source: Path) -> tuple[list[Case], list[CaseOutcome]]:
     return cases, failures
 
 
-def _load(case: Case, encode: bool) -> Any:
+def _load(case: Case) -> Any:
     if case.kind == "nifti":
         import SimpleITK as sitk
         return NiftiVolume(sitk.ReadImage(str(case.paths[0])))
     import converters
-    # Pixels are kept when the SR's intensity measurements will read them from the sources.
-    return converters.load_series(list(case.paths), keep_pixel_data=encode)
+    return converters.load_series(list(case.paths))
 
 
 def write_result(case_dir: Path, volume: Any, result: PipelineResult, encode: bool) -> list[Path]:
@@ -141,8 +140,10 @@ def encode_outputs(case_dir: Path, volume: Any, result: PipelineResult) -> list[
     labels = None if len(parts) == 1 else [grid.array for grid in grids]
     mappings = result.mapping if len(parts) == 1 else [part.mapping for part in parts]
     png = case_dir / "preview.png"
+    # image=volume: intensities (HU on CT) come from the volume already in memory, mapped
+    # onto the source frames, rather than from decoding the files again.
     datasets = converters.encode_results(grids[0], labels, mappings, result.metadata.for_encoders(),
-                                         png_path=png)
+                                         image=volume, png_path=png)
     paths = [png] if png.exists() else []
     for index, dataset in enumerate(datasets):
         kind = _safe(str(getattr(dataset, "Modality", "OBJ")))
@@ -155,7 +156,7 @@ def encode_outputs(case_dir: Path, volume: Any, result: PipelineResult) -> list[
 def _run_case(case: Case, pipeline: Pipeline, out: Path, encode: bool) -> CaseOutcome:
     start = time.perf_counter()
     try:
-        volume = _load(case, encode)
+        volume = _load(case)
         result = pipeline.run(volume)
         outputs = write_result(out / case.name, volume, result, encode and case.kind == "dicom")
         return CaseOutcome(case, True, outputs=outputs, seconds=time.perf_counter() - start)

@@ -9,6 +9,7 @@ back through its REST API.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,7 @@ def _write_series(folder: Path, sources: list[pydicom.Dataset], count: int, *,
     for index, source in enumerate(sources[:count]):
         if index == drop:
             continue
-        ds = pydicom.Dataset(source)
-        ds.file_meta = pydicom.dataset.FileMetaDataset(source.file_meta)
+        ds = copy.deepcopy(source)  # the fixture's datasets are shared between tests
         pixels = source.pixel_array[::shrink, ::shrink].copy()
         ds.Rows, ds.Columns = pixels.shape
         ds.PixelSpacing = [float(v) * shrink for v in source.PixelSpacing]
@@ -83,6 +83,18 @@ def test_ct_series_comes_back_as_seg_sr_and_preview(make_e2e_node: Any, orthanc:
         assert all(f.DerivationImageSequence for f in frames)
     sr = next(ds for ds in objects if ds.SOPClassUID == SR)
     assert sr.CurrentRequestedProcedureEvidenceSequence
+    # intensities reached the report: mean attenuation in Hounsfield units
+    assert "[hnsf'U]" in _units(sr)
+
+
+def _units(item: pydicom.Dataset) -> set[str]:
+    """UCUM codes of every numeric measurement in an SR content tree."""
+    found = set()
+    for child in item.get("ContentSequence", []):
+        for value in child.get("MeasuredValueSequence", []):
+            found.add(str(value.MeasurementUnitsCodeSequence[0].CodeValue))
+        found |= _units(child)
+    return found
 
 
 def test_destination_down_then_back_delivers_once(make_e2e_node: Any, orthanc: Orthanc,
@@ -96,27 +108,42 @@ def test_destination_down_then_back_delivers_once(make_e2e_node: Any, orthanc: O
     delivery = status["jobs"][0]["deliveries"][0]
     assert delivery["error_kind"] == "unreachable"
     orthanc.start()
-    node.wait_for(jobs_in(node, "done"), timeout=60)
+    status = node.wait_for(jobs_in(node, "done", "dead"), timeout=60)
+    assert status["jobs"][0]["state"] == "done"
     objects = orthanc_objects(orthanc)
     assert len(objects) == len({ds.SOPInstanceUID for ds in objects})
     assert _by_class(objects)[SR] == 1
 
 
-@pytest.mark.parametrize("moment", ["segmenting", "dispatching"])
+@pytest.mark.parametrize("moment", ["receiving", "segmenting", "dispatching"])
 def test_kill_9_then_restart_delivers_every_result_exactly_once(
         make_e2e_node: Any, orthanc: Orthanc, small_ct_folder: Path, moment: str) -> None:
     if moment == "dispatching":
         orthanc.stop()  # hold the job in dispatching
-    node = make_e2e_node(orthanc)
-    assert storescu(node.port, small_ct_folder).returncode == 0
-    node.wait_for(lambda s: s["jobs"] and s["jobs"][0]["state"] == moment, timeout=300,
-                  interval=0.05)
-    node.kill9()
-    if moment == "dispatching":
-        orthanc.start()
-    node.start()
-    status = node.wait_for(jobs_in(node, "done"), timeout=300)
-    assert len(status["jobs"]) == 1
+    # Receiving: a quiet period longer than the restart, so the half-sent series is not
+    # completed (and failed for its gaps) while the node is down.
+    assembly = {"series_timeout": 15.0 if moment == "receiving" else 1.0}
+    node = make_e2e_node(orthanc, assembly=assembly)
+    if moment == "receiving":
+        # one association per file, slowly, so the kill lands mid-series
+        files = sorted(small_ct_folder.iterdir())
+        for path in files[:8]:
+            assert storescu(node.port, path).returncode == 0
+        node.kill9()
+        node.start()
+        # the sender retries the whole series: duplicates are acknowledged, not re-stored
+        assert storescu(node.port, small_ct_folder).returncode == 0
+    else:
+        assert storescu(node.port, small_ct_folder).returncode == 0
+        node.wait_for(lambda s: s["jobs"] and s["jobs"][0]["state"] == moment, timeout=300,
+                      interval=0.05)
+        node.kill9()
+        if moment == "dispatching":
+            orthanc.start()
+        node.start()
+    status = node.wait_for(jobs_in(node, "done", "failed", "dead"), timeout=300)
+    assert [j["state"] for j in status["jobs"]] == ["done"], status["jobs"]
+    assert status["series"][0]["instances"] == len(list(small_ct_folder.iterdir()))
     objects = orthanc_objects(orthanc)
     uids = [ds.SOPInstanceUID for ds in objects]
     assert len(uids) == len(set(uids))
@@ -157,8 +184,9 @@ def test_twenty_series_from_four_senders_all_delivered(
         results = list(pool.map(lambda f: storescu(node.port, f, calling=f"SEND{f.name[-1]}"),
                                 folders))
     assert all(r.returncode == 0 for r in results)
-    status = node.wait_for(lambda s: len(s["jobs"]) == 20 and jobs_in(node, "done")(s),
-                           timeout=600, interval=1)
+    status = node.wait_for(lambda s: len(s["jobs"]) == 20
+                           and jobs_in(node, "done", "failed", "dead")(s), timeout=900, interval=1)
+    assert [j["state"] for j in status["jobs"]] == ["done"] * 20, status["jobs"]
     assert {s["instances"] for s in status["series"]} == {6}
     kinds = _by_class(orthanc_objects(orthanc))
     assert kinds[SR] == 20
