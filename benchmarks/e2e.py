@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.load_series import write_series  # noqa: E402
+from benchmarks.report import report  # noqa: E402
 from tests.orthanc import Orthanc  # noqa: E402
 from tests.service.conftest import RunningNode, free_port, storescu  # noqa: E402
 
@@ -192,18 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         {"name": "node_peak_rss", "ours": ours["peak_rss"] / 2**20, "reference": ref_peak / 2**20,
          "unit": "MiB"},
     ]
-    for row in rows:
-        row["ratio"] = row["ours"] / row["reference"] if row["reference"] else None
     print(f"{slices}-slice CT, job {ours['state']}; series_timeout quiet period "
           f"{ours['quiet']:.2f} s (excluded)")
     for name, seconds in ours["stages"].items():
         print(f"  {name:<22} {seconds:8.2f} s")
     print(f"  {'total (excl. quiet)':<22} {latency:8.2f} s")
-    for row in rows:
-        print(f"{row['name']:<30} ours {row['ours']:9.2f} {row['unit']:<4} reference "
-              f"{row['reference']:9.2f} {row['unit']:<4} ratio {row['ratio']:.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    report(rows, args.json)
     return 0 if ours["state"] == "done" else 1
 
 

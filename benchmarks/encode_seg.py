@@ -26,6 +26,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.report import report  # noqa: E402
 SHAPE = (320, 512, 512)  # slices, rows, columns
 SPACING = (1.0, 0.7, 0.7)  # slice, row, column (mm)
 PIPELINE_ARGS = ("totalspineseg", "Dataset102_TotalSpineSeg_step2", "r20241115")
@@ -179,12 +182,7 @@ def main() -> None:
             {"name": f"SEG file size ({ours_type})", "ours": os.path.getsize(ours_out) / 2**20,
              "reference": os.path.getsize(ref_out) / 2**20, "unit": "MiB"},
         ]
-    for row in rows:
-        row["ratio"] = row["ours"] / row["reference"]
-        print(f"{row['name']:<52} ours {row['ours']:9.2f} {row['unit']:<4} "
-              f"dcmqi {row['reference']:9.2f} {row['unit']:<4} ratio {row['ratio']:.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    report(rows, args.json, reference_label="dcmqi")
 
 
 if __name__ == "__main__":

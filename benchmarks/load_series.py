@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.report import report  # noqa: E402
 NIFTI = REPO.parent / "shared" / "data" / "totalsegmentator-ref" / "aorta_report" / "example_ct.nii.gz"
 
 
@@ -150,9 +153,7 @@ def main() -> None:
             rows.append({"name": f"{what} vs {label}", "ours": round(ours, 4),
                          "reference": round(theirs, 4), "unit": unit,
                          "ratio": round(ours / theirs, 3)})
-    for row in rows:
-        print(f"{row['name']:45s} ours {row['ours']:9.3f} {row['unit']:3s}  reference "
-              f"{row['reference']:9.3f}  ratio {row['ratio']:.2f}")
+    report(rows, None)
     print(f"volume size: ours {results['ours']['size']}, SimpleITK {results['simpleitk']['size']}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.report import report  # noqa: E402
 CT = REPO.parent / "shared" / "data" / "totalsegmentator-ref" / "example_ct.nii.gz"
 NNUNET = Path(sys.executable).with_name("nnUNetv2_predict_from_modelfolder")
 
@@ -150,11 +153,7 @@ def main() -> int:
         {"name": "peak RSS of the folder run (process tree)", "ours": round(ours_rss, 1),
          "reference": round(ref_rss, 1), "unit": "MiB", "ratio": round(ours_rss / ref_rss, 3)},
     ]
-    for row in rows:
-        print(f"{row['name']:<72} ours {row['ours']:>9} {row['unit']:<7} reference "
-              f"{row['reference']:>9}  ratio {row['ratio']}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    report(rows, args.json)
     return 0
 
 

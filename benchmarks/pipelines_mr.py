@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.pipelines import run_measured  # noqa: E402
+from benchmarks.report import report  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "tptbox-spine-samples" / "sample_mri" / "sub-mri_label-6_T2w.nii.gz"
 ORIENTATIONS = ("RAS", "PIR", "LPS", "ASL", "IPR")
@@ -191,11 +192,7 @@ def main() -> int:
             rows += bench_totalspineseg(tmp, args.cases)
         if args.pipeline in ("both", "spineps"):
             rows += bench_spineps(tmp, args.cases)
-    for row in rows:
-        print(f"{row['name']:<90} ours {row['ours']:>9} {row['unit']:<7} reference "
-              f"{row['reference']:>9}  ratio {row['ratio']}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    report(rows, args.json)
     return 0
 
 
