@@ -19,6 +19,10 @@ Inputs: ``N`` crops (60 slices each, int16) of ``../shared/data/totalsegmentator
 Ratios are ours / reference: below 1 is better for seconds and MiB, above 1 for cases/s.
 
     .venv/bin/python benchmarks/pipelines.py [--cases 5] [--device cpu] [--json PATH]
+        [--pipeline vertebral-bodies-ct|totalspineseg|spineps|all]
+
+``--pipeline totalspineseg|spineps|all`` adds the MR pipelines' rows (warm vs the official
+``totalspineseg`` / SPINEPS runs; see ``benchmarks/pipelines_mr.py``).
 """
 
 from __future__ import annotations
@@ -102,6 +106,9 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (both tools use it)")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--pipeline", default="vertebral-bodies-ct",
+                        choices=["vertebral-bodies-ct", "totalspineseg", "spineps", "all"],
+                        help="the MR pipelines run benchmarks/pipelines_mr.py's measurements")
     parser.add_argument("--warm-only", nargs=2, metavar=("MODELS", "INPUTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -110,40 +117,56 @@ def main() -> int:
         print(json.dumps(warm_latency(Path(args.warm_only[0]), inputs, args.device)))
         return 0
 
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        if args.pipeline in ("vertebral-bodies-ct", "all"):
+            rows += bench_vertebral_bodies(tmp / "vbct", args.cases, args.device)
+        if args.pipeline in ("totalspineseg", "all"):
+            from benchmarks.pipelines_mr import bench_totalspineseg
+            rows += bench_totalspineseg(tmp, args.cases)
+        if args.pipeline in ("spineps", "all"):
+            from benchmarks.pipelines_mr import bench_spineps
+            rows += bench_spineps(tmp, args.cases)
+    report(rows, args.json)
+    return 0
+
+
+def bench_vertebral_bodies(tmp: Path, cases: int, device: str) -> list[dict]:
+    """(a), (b), (c) for ``vertebral-bodies-ct`` in ``tmp`` (created)."""
     from dicomnode.models.registry import ModelStore, get_entry
     from dicomnode.models.weights import install
     from tests.models.modelfolders import build_model_folder
 
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        folder = build_model_folder(tmp / "results", "nnUNetResEncUNetMPlans", ["all"],
-                                    spacing=(3.0, 3.0, 3.0), patch_size=(32, 64, 64))
-        install(get_entry("vertebral-bodies-ct-m"), ModelStore(tmp / "models"), [folder])
-        inputs = make_inputs(tmp / "inputs", args.cases)
-        config = tmp / "config.yaml"
-        config.write_text(f"models:\n  path: {tmp / 'models'}\n  device: {args.device}\n")
-        nnunet = [str(NNUNET), "-m", str(folder), "-f", "all", "--disable_tta", "-device",
-                  "cuda" if args.device.startswith("cuda") else args.device]
+    tmp.mkdir(parents=True)
+    folder = build_model_folder(tmp / "results", "nnUNetResEncUNetMPlans", ["all"],
+                                spacing=(3.0, 3.0, 3.0), patch_size=(32, 64, 64))
+    install(get_entry("vertebral-bodies-ct-m"), ModelStore(tmp / "models"), [folder])
+    inputs = make_inputs(tmp / "inputs", cases)
+    config = tmp / "config.yaml"
+    config.write_text(f"models:\n  path: {tmp / 'models'}\n  device: {device}\n")
+    nnunet = [str(NNUNET), "-m", str(folder), "-f", "all", "--disable_tta", "-device",
+              "cuda" if device.startswith("cuda") else device]
 
-        warm = subprocess.run([sys.executable, __file__, "--device", args.device, "--warm-only",
-                               str(tmp / "models"), str(tmp / "inputs")],
-                              capture_output=True, text=True, check=True)
-        ours_latency = statistics.median(json.loads(warm.stdout.strip().splitlines()[-1]))
-        single = []
-        for i, path in enumerate(inputs[:2]):  # a fresh process per series
-            one = tmp / f"single{i}"
-            one.mkdir()
-            (one / path.name).symlink_to(path)
-            single.append(run_measured(nnunet + ["-i", str(one), "-o", str(tmp / f"single_out{i}")])[0])
-        reference_latency = statistics.median(single)
+    warm = subprocess.run([sys.executable, __file__, "--device", device, "--warm-only",
+                           str(tmp / "models"), str(tmp / "inputs")],
+                          capture_output=True, text=True, check=True)
+    ours_latency = statistics.median(json.loads(warm.stdout.strip().splitlines()[-1]))
+    single = []
+    for i, path in enumerate(inputs[:2]):  # a fresh process per series
+        one = tmp / f"single{i}"
+        one.mkdir()
+        (one / path.name).symlink_to(path)
+        single.append(run_measured(nnunet + ["-i", str(one), "-o", str(tmp / f"single_out{i}")])[0])
+    reference_latency = statistics.median(single)
 
-        ours_s, ours_rss = run_measured(
-            [sys.executable, "-m", "dicomnode.cli", "process", str(tmp / "inputs"), "--pipeline",
-             "vertebral-bodies-ct", "--out", str(tmp / "ours"), "--no-encode", "--config", str(config)])
-        ref_s, ref_rss = run_measured(nnunet + ["-i", str(tmp / "inputs"), "-o", str(tmp / "ref")])
+    ours_s, ours_rss = run_measured(
+        [sys.executable, "-m", "dicomnode.cli", "process", str(tmp / "inputs"), "--pipeline",
+         "vertebral-bodies-ct", "--out", str(tmp / "ours"), "--no-encode", "--config", str(config)])
+    ref_s, ref_rss = run_measured(nnunet + ["-i", str(tmp / "inputs"), "-o", str(tmp / "ref")])
 
     n = len(inputs)
-    rows = [
+    return [
         {"name": "per-series latency, warm model vs one nnUNetv2_predict per series",
          "ours": round(ours_latency, 3), "reference": round(reference_latency, 3), "unit": "s",
          "ratio": round(ours_latency / reference_latency, 3)},
@@ -153,8 +176,6 @@ def main() -> int:
         {"name": "peak RSS of the folder run (process tree)", "ours": round(ours_rss, 1),
          "reference": round(ref_rss, 1), "unit": "MiB", "ratio": round(ours_rss / ref_rss, 3)},
     ]
-    report(rows, args.json)
-    return 0
 
 
 if __name__ == "__main__":
