@@ -24,7 +24,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "vbct-small"
 DCIODVFY = Path(sys.executable).parent / "dciodvfy"
 #: Issue 5 asks for 0.8 on every level. The committed fixture does not reach it (see
 #: fixtures/vbct-small/README.md); this is the floor it does reach, so that a regression shows.
-MIN_DICE = 0.35
+MIN_DICE = 0.75
 
 pytestmark = pytest.mark.skipif(not CT.is_file() or not LABELS.is_file(),
                                 reason="shared totalsegmentator-ref data not present")
