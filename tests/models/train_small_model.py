@@ -20,9 +20,11 @@ make it when the CT arrives as a DICOM series (see ``test_trained_model.py``):
 * the network built from the plans by a real ``nnUNetTrainer`` (via ``modelfolders``), which also
   writes the checkpoint; the optimizer state is then stripped to keep the fixture small.
 
-Training is a plain loop: Adam, nnU-Net's Dice+CE loss, random 64×32×32 crops of the
-6 mm volume (the whole z extent; half of them centred on a vertebra), no augmentation; seeds fixed, 2 CPU threads. It stops once the whole-volume training
-Dice of every one of L1–L5 reaches the target, or at the time limit.
+Training is a plain loop: Adam, nnU-Net's Dice+CE loss, random 64×32×32 crops of the 6 mm volume
+(the whole z extent; half of them centred on a vertebra), no augmentation; seeds fixed, 2 CPU
+threads. It stops once the whole-volume training Dice of every one of L1–L5 reaches the target, or
+at the time limit; ``--init`` continues from an earlier run's checkpoint (how the fixture was made
+on a loaded machine, see its README).
 """
 
 from __future__ import annotations
