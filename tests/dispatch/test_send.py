@@ -10,11 +10,12 @@ from pydicom.uid import generate_uid
 
 from dicomnode.config import DestinationConfig
 from dicomnode.dispatcher import DeliveryError, deliver, echo
+from tests.shared_data import EXAMPLE_CT_DICOM
 from tests.orthanc import ORTHANC, Orthanc, free_port
 
 pytestmark = pytest.mark.skipif(ORTHANC is None, reason="Orthanc (Debian 'orthanc') not installed")
 
-CT_DIR = Path(__file__).resolve().parents[3] / "shared/data/totalsegmentator-ref/example_ct_dicom"
+CT_DIR = EXAMPLE_CT_DICOM
 
 
 @pytest.fixture(scope="module")

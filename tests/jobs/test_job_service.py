@@ -22,9 +22,10 @@ from dicomnode.jobs.models import Delivery, DeliveryState, JobState
 from dicomnode.jobs.service import JobError, JobService, SeriesIdentity, backoff
 from dicomnode.store import create_schema, make_engine
 from dicomnode.store.models import Instance, Job, Series, Study, utcnow
+from tests.shared_data import EXAMPLE_CT_DICOM
 from tests.orthanc import ORTHANC, Orthanc, free_port
 
-CT_DIR = Path(__file__).resolve().parents[3] / "shared/data/totalsegmentator-ref/example_ct_dicom"
+CT_DIR = EXAMPLE_CT_DICOM
 
 
 def _config(tmp_path: Path, port: int, **sections: Any) -> Config:

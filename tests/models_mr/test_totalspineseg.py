@@ -39,10 +39,9 @@ from dicomnode.models.registry import REGISTRY, ModelStore
 from dicomnode.models.runtime import NnUNetRuntime
 from dicomnode.models.weights import install
 from tests.models_mr import official, tss_models
+from tests.shared_data import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 REAL = {
     "sct_t2": DATA / "sct-testing-spine-mr" / "t2" / "t2.nii.gz",
     "tptbox_t2w": DATA / "tptbox-spine-samples" / "sample_mri" / "sub-mri_label-6_T2w.nii.gz",

@@ -21,10 +21,9 @@ from pydicom.uid import generate_uid
 import converters
 from converters.vocabulary import LabelMapping, totalspineseg
 from tests import synthetic
+from tests.shared_data import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "totalsegmentator-ref"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data/totalsegmentator-ref")
+DATA = SHARED_DATA / "totalsegmentator-ref"
 
 #: TotalSegmentator ``total`` ids present in example_seg_dicom that the spine vocabulary knows.
 TOTALSEG_MAPPING = LabelMapping(

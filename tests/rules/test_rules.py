@@ -12,8 +12,9 @@ from pydicom.dataset import Dataset
 from dicomnode.cli import main
 from dicomnode.config import ConfigError, load_config, parse_config
 from dicomnode.rules import SeriesFacts, orientation_of, route
+from tests.shared_data import EXAMPLE_CT_DICOM
 
-CT_DIR = Path(__file__).resolve().parents[3] / "shared/data/totalsegmentator-ref/example_ct_dicom"
+CT_DIR = EXAMPLE_CT_DICOM
 
 AXIAL = [1, 0, 0, 0, 1, 0]
 SAGITTAL = [0, 1, 0, 0, 0, -1]

@@ -30,10 +30,9 @@ import pytest
 import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from tests.shared_data import EXAMPLE_CT_DICOM
 
-EXAMPLE_CT = Path(__file__).resolve().parents[2].parent / "shared/data/totalsegmentator-ref/example_ct_dicom"
-if not EXAMPLE_CT.is_dir():
-    EXAMPLE_CT = Path("/work/shared/data/totalsegmentator-ref/example_ct_dicom")
+EXAMPLE_CT = EXAMPLE_CT_DICOM
 
 AE_TITLE = "DICOMNODE"
 

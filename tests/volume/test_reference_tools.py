@@ -15,10 +15,9 @@ import pytest
 import SimpleITK as sitk
 
 from converters import load_series
+from tests.shared_data import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 TOTALSEG = DATA / "totalsegmentator-ref" / "example_ct_dicom"
 GE_TILT = DATA / "dcm-qa-ct" / "In" / "GE"
 CT_3SLICE = DATA / "dcmqi-seg" / "data" / "segmentations" / "ct-3slice"
