@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sqlite3
 import subprocess
 import sys
@@ -161,10 +160,12 @@ def run_reference(series: Path, model: Path, work: Path, device: str) -> tuple[f
                "-i", str(inputs), "-o", str(outputs), "-m", str(model), "-f", "all",
                "--disable_tta", "-device", device, "-npp", "1", "-nps", "1"]
     start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rss = PeakRss(process.pid)  # its own high-water mark, not that of earlier children
+    if process.wait() != 0:
+        raise RuntimeError(f"{command[0]} failed with status {process.returncode}")
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    return seconds, peak
+    return seconds, rss.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
