@@ -198,7 +198,7 @@ class RunningNode:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout=30)
+            return self.process.wait(timeout=90)  # a loaded CI machine stops slowly
         finally:
             if self.process.poll() is None:
                 self.process.kill()
