@@ -8,18 +8,21 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from ..results.identity import SC_SERIES_OFFSET, derived_uid, series_description, series_number
+from ..results.identity import (SC_SERIES_OFFSET, derived_uid, instance_uid, series_description,
+                                series_number)
 from ..results.metadata import PipelineMetadata
 from .render import Panel
 
 
 def build_secondary_captures(
-    source: Dataset, panels: Sequence[Panel], pipeline: PipelineMetadata
+    sources: Sequence[Dataset], panels: Sequence[Panel], pipeline: PipelineMetadata
 ) -> list[hd.sc.SCImage]:
     """One RGB Secondary Capture per panel, all in one series of the source's study.
 
-    ``source`` supplies the Patient / Study modules (any image of the source series).
+    ``sources`` are the images the panels were made from; the first supplies the Patient /
+    Study modules, all of them enter the SOP Instance UIDs.
     """
+    source = sources[0]
     series_uid = derived_uid(source, pipeline, "preview")
     out = []
     for number, panel in enumerate(panels, start=1):
@@ -31,7 +34,7 @@ def build_secondary_captures(
             coordinate_system="PATIENT",
             series_instance_uid=series_uid,
             series_number=series_number(source, SC_SERIES_OFFSET),
-            sop_instance_uid=derived_uid(source, pipeline, "preview", panel.name),
+            sop_instance_uid=instance_uid(sources, pipeline, "preview", panel.name),
             instance_number=number,
             manufacturer=pipeline.manufacturer,
             pixel_spacing=(panel.pixel_mm, panel.pixel_mm),

@@ -154,7 +154,7 @@ def encode_results(
         numbers = layer.mapping.to_segment_numbers(layer.labelmap, list(layer.structures))
         grey = image if image is not None else np.zeros(numbers.shape, np.float32)
         panels = render_panels(grid, grey, numbers, layer.structures, modality)
-        out.extend(build_secondary_captures(datasets[0], panels, pipeline))
+        out.extend(build_secondary_captures(datasets, panels, pipeline))
         if png_path is not None:
             side_by_side(panels).save(png_path, format="PNG")
     return out

@@ -3,11 +3,17 @@
 A re-run of the same pipeline and weights on the same source series must replace, not
 duplicate, what a PACS already holds; so every UID is a name-based UUID (ISO/IEC 9834-8,
 ``2.25.<uuid>``, PS3.5 B.2) of (source Series Instance UID, pipeline, model, weights, object).
+SOP Instance UIDs also name the exact source instances: when a series grows after it was
+segmented (a late instance), the new objects go into the same derived series under new SOP
+Instance UIDs, since different content must never reuse a UID (a PACS that keeps the first
+copy of a UID would silently hold on to the partial result).
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
 
@@ -41,6 +47,18 @@ def derived_uid(source: Dataset, pipeline: PipelineMetadata, *parts: str) -> str
          *stack, *parts)
     )
     return f"2.25.{uuid.uuid5(_NAMESPACE, name).int}"
+
+
+def instance_uid(sources: Sequence[Dataset], pipeline: PipelineMetadata, *parts: str) -> str:
+    """The SOP Instance UID of one derived object made from exactly ``sources``.
+
+    Stable across re-runs on the same source instances, in any order; new when the set changes.
+    """
+    if not sources:
+        raise ValueError("no source images")
+    content = hashlib.sha256("\x1f".join(sorted(str(ds.SOPInstanceUID) for ds in sources))
+                             .encode()).hexdigest()
+    return derived_uid(sources[0], pipeline, *parts, f"sources={content}")
 
 
 def series_number(source: Dataset, offset: int) -> int:

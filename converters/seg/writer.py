@@ -13,6 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 from ..results.identity import (
     SEG_SERIES_OFFSET,
     derived_uid,
+    instance_uid,
     series_description,
     series_number,
 )
@@ -173,7 +174,7 @@ def build_segmentation(
         segment_descriptions=segment_descriptions(structures, source, pipeline, mapping.name),
         series_instance_uid=derived_uid(source, pipeline, "seg", mapping.name, seg_type),
         series_number=series_number(source, SEG_SERIES_OFFSET + layer_index),
-        sop_instance_uid=derived_uid(source, pipeline, "seg", mapping.name, seg_type, "1"),
+        sop_instance_uid=instance_uid(source_images, pipeline, "seg", mapping.name, seg_type),
         instance_number=1,
         manufacturer=pipeline.manufacturer,
         manufacturer_model_name=pipeline.model_name,

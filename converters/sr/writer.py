@@ -26,7 +26,8 @@ from pydicom.sr.coding import Code
 
 from ..measurements.findings import Findings
 from ..measurements.geometry import frame_planes
-from ..results.identity import SR_SERIES_OFFSET, derived_uid, series_description, series_number
+from ..results.identity import (SR_SERIES_OFFSET, derived_uid, instance_uid, series_description,
+                                series_number)
 from ..results.metadata import PipelineMetadata
 from ..seg.writer import tracking_uid
 from ..vocabulary import Structure, declare_scheme, level_code, private_code
@@ -179,7 +180,8 @@ def build_report(
         # output must not replace this one.
         series_instance_uid=derived_uid(source, pipeline, "sr", segmentations[0][1].SOPClassUID),
         series_number=series_number(source, SR_SERIES_OFFSET),
-        sop_instance_uid=derived_uid(source, pipeline, "sr", segmentations[0][1].SOPClassUID, "1"),
+        sop_instance_uid=instance_uid(source_images, pipeline, "sr",
+                                      segmentations[0][1].SOPClassUID),
         instance_number=1,
         manufacturer=pipeline.manufacturer,
         series_description=series_description(pipeline, "Spine measurements"),

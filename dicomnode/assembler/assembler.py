@@ -13,8 +13,9 @@ Non-image series (SR, PR, KO: no Pixel Data) are completed but never get a job.
 
 Late instances: a new instance in a ``complete`` series reopens it (state ``receiving``,
 revision + 1, new timer); when it completes again a new job is created for the new revision
-and earlier jobs of the series still in state ``complete`` (not yet picked up) become
-``superseded``. Jobs already taken further by later stages are left alone.
+and earlier jobs of the series that no worker has taken yet (``complete`` or ``routed``) become
+``superseded``: running them would segment a partial series. Jobs a worker already owns run
+to the end; the new revision's results carry the same derived UIDs, so they replace them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.assembler.timers import series_of, series_quiet, timer_id
+from dicomnode.jobs.models import WAITING_STATES
 from dicomnode.logs import log_event
 from dicomnode.store import IndexOutcome, Job, Series, utcnow
 
@@ -147,7 +149,7 @@ class Assembler:
         if not series.is_image:
             return None
         superseded = session.execute(
-            update(Job).where(Job.series_id == series.id, Job.state == "complete")
+            update(Job).where(Job.series_id == series.id, Job.state.in_(WAITING_STATES))
             .values(state="superseded", updated_at=now)).rowcount
         job = Job(series_id=series.id, revision=series.revision, instance_count=series.instance_count,
                   created_at=now, updated_at=now, stage_times={}, attempts=0, state="complete")

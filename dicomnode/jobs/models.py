@@ -4,7 +4,8 @@ A job (``dicomnode.store.models.Job``) is one pipeline run on one complete serie
 
     complete → routed → loading → segmenting → encoding → dispatching → done
        ├→ ignored (no rule matches, or not an image series)
-       └→ superseded (a late instance reopened the series before routing; see the assembler)
+    complete | routed → superseded (a late instance reopened the series before a worker took
+                                    the job; see the assembler)
     loading | segmenting | encoding → failed (typed reason; retry re-runs the job)
     dispatching → dead (a delivery used up its attempts; retry re-sends the same results)
     any unfinished state → cancelled (by a person)
@@ -36,9 +37,11 @@ class JobState(StrEnum):
     FAILED = "failed"
     DEAD = "dead"                # a delivery exhausted its attempts
     CANCELLED = "cancelled"
-    SUPERSEDED = "superseded"    # a late instance reopened the series before routing (assembler)
+    SUPERSEDED = "superseded"    # a late instance reopened the series before a worker took it
 
 
+#: States in which no worker has taken the job yet (a late instance supersedes them).
+WAITING_STATES = (JobState.COMPLETE, JobState.ROUTED)
 #: States a worker owns; after a crash they are re-queued as ``routed``.
 RUNNING_STATES = (JobState.LOADING, JobState.SEGMENTING, JobState.ENCODING)
 #: States from which ``jobs cancel`` stops a job.

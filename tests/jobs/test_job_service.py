@@ -17,6 +17,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy.orm import sessionmaker
 
+from dicomnode.assembler import Assembler
 from dicomnode.config import Config, parse_config
 from dicomnode.jobs.models import Delivery, DeliveryState, JobState
 from dicomnode.jobs.service import JobError, JobService, SeriesIdentity, backoff
@@ -249,6 +250,30 @@ def test_restart_requeues_jobs_a_worker_held(tmp_path: Path, orthanc: Orthanc) -
     assert world.job(job_id).state == JobState.ROUTED and not partial.exists()
     world.run_all()
     assert world.job(job_id).state == JobState.DISPATCHING
+
+
+def test_late_instance_supersedes_a_queued_job_but_not_a_running_one(tmp_path: Path,
+                                                                     orthanc: Orthanc) -> None:
+    """Two series completed early (their senders paused past the timeout), then each grew by
+    an instance. The queued job would segment a partial series, so the new revision replaces
+    it; the job a worker already holds runs to the end."""
+    world = World(tmp_path, orthanc)
+    running, queued = world.add_series(), world.add_series()
+    world.service.route_pending()
+    assert world.service.claim_next() == running  # same priority: oldest first
+    with world.sessions.begin() as session:
+        for job_id in (running, queued):
+            series = session.get(Job, job_id).series
+            series.revision, series.instance_count = 2, 4
+            Assembler._complete(session, series, utcnow())
+    assert world.job(running).state == JobState.LOADING
+    assert world.job(queued).state == JobState.SUPERSEDED
+    world.service.route_pending()
+    claimed = {world.service.claim_next(), world.service.claim_next()}
+    assert world.service.claim_next() is None
+    assert {(world.job(j).revision, world.job(j).instance_count) for j in claimed} == {(2, 4)}
+    assert {world.job(j).series_id for j in claimed} == {world.job(running).series_id,
+                                                        world.job(queued).series_id}
 
 
 def test_cancel_and_retry_rules(tmp_path: Path, orthanc: Orthanc) -> None:

@@ -115,6 +115,21 @@ def test_uids_are_stable_and_depend_on_source_pipeline_and_weights(encoded):
     assert "totalspineseg" in first.SeriesDescription
 
 
+def test_a_grown_series_gets_new_instance_uids_in_the_same_series(encoded):
+    """A late instance changes the content, so it must change the SOP Instance UID (a PACS
+    that keeps the first copy of a UID would otherwise keep the partial result)."""
+    case = encoded.case
+    opts = EncodeOptions(sr=False, preview=False)
+    first = encoded.binary[0]
+    partial = encode_results(case.datasets[:-1], case.labelmap[:-1], case.mapping, PIPELINE,
+                             opts)[0]
+    assert partial.SeriesInstanceUID == first.SeriesInstanceUID
+    assert partial.SOPInstanceUID != first.SOPInstanceUID
+    reordered = encode_results(case.datasets[::-1], case.labelmap[::-1], case.mapping, PIPELINE,
+                               opts)[0]
+    assert reordered.SOPInstanceUID == first.SOPInstanceUID
+
+
 def test_overlapping_structure_sets_become_separate_series(encoded):
     case = encoded.case
     whole = np.where(case.labelmap > 0, 1, 0).astype(np.uint8)  # overlaps every structure
