@@ -180,7 +180,17 @@ class Receiver:
         if server is None:
             return
         server.shutdown()  # no new associations; open ones go on in their threads
-        open_associations = [a for a in server.ae.active_associations if a.is_acceptor]
+        open_associations = []
+        for assoc in server.ae.active_associations:
+            if not assoc.is_acceptor:
+                continue
+            if assoc.is_established:
+                open_associations.append(assoc)
+            else:
+                # Connected but not associated (a port probe, a slow peer): nothing can have
+                # been acknowledged, and pynetdicom cannot A-ABORT in that state. Close the
+                # connection; the (daemon) thread then only waits out its ACSE timeout.
+                _close_transport(assoc)
         deadline = time.monotonic() + grace
         for assoc in open_associations:
             assoc.join(max(0.0, deadline - time.monotonic()))
@@ -333,3 +343,10 @@ class Receiver:
                   sop_instance_uid=sop_uid, series_instance_uid=series.series_instance_uid,
                   bytes=size, ms=round((time.perf_counter() - started) * 1000, 2))
         return STATUS_SUCCESS
+
+
+def _close_transport(assoc: Association) -> None:
+    """Close an association's TCP connection; its reactor then ends the association."""
+    transport = assoc.dul.socket
+    if transport is not None:
+        transport.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -94,3 +95,17 @@ def test_spool_files_missing_from_the_index_are_reindexed(
     indexed = {uid for (uid,) in node.query("select sop_instance_uid from instances")}
     assert indexed == set(uids.values())
     assert node.status()["series"][0]["instances"] == 5
+
+
+def test_a_half_open_connection_does_not_hold_up_a_graceful_stop(make_node: Any) -> None:
+    """A peer that connects but never sends A-ASSOCIATE-RQ (a port probe, a load balancer's
+    health check) has nothing acknowledged; the stop closes it rather than waiting for it."""
+    node = make_node()
+    probe = socket.create_connection(("127.0.0.1", node.port))
+    try:
+        time.sleep(0.5)  # let the node's acceptor thread take the connection
+        started = time.monotonic()
+        assert node.stop() == 0
+        assert time.monotonic() - started < 4.0  # the association grace alone is 5 s
+    finally:
+        probe.close()
