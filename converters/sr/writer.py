@@ -12,7 +12,11 @@ the nearest source image); per level the canal's minimum area (SCT 42798000 Area
 SCT 255605001 Minimum, finding site = level).
 
 Every group has a Tracking Identifier (the SEG segment's Tracking UID) and the report an
-Image Library, both of which OHIF dereferences.
+Image Library, both of which OHIF dereferences. The library (TID 1600) describes the images
+the report's content items reference: the L3 image and the first source image (so that it is
+never empty; segments reference their source series, not images). Listing every source image
+made the report ~5000 content items for a 300-slice CT and its build 15× slower; the full list
+of source images is in the evidence (Current Requested Procedure Evidence Sequence).
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ SQUARE_MILLIMETER = codes.UCUM.SquareMillimeter
 HOUNSFIELD = codes.UCUM.HounsfieldUnit
 ARBITRARY = codes.UCUM.ArbitraryUnit
 RATIO = codes.UCUM.Ratio
-LABELMAP_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
 
 
 def _library_entry(ds: Dataset) -> Dataset:
@@ -61,18 +64,33 @@ def _library_entry(ds: Dataset) -> Dataset:
     return view
 
 
+def _library_images(source_images: Sequence[Dataset],
+                    groups: Sequence[hd.sr.Template]) -> list[Dataset]:
+    """The first source image, then every other source image an IMAGE item references."""
+    referenced = {
+        str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for group in groups for item in _image_items(group)
+    }
+    first = source_images[0]
+    return [first, *(ds for ds in source_images[1:] if str(ds.SOPInstanceUID) in referenced)]
+
+
+def _image_items(items: Sequence[Dataset]):
+    for item in items:
+        if item.ValueType == "IMAGE":
+            yield item
+        yield from _image_items(item.get("ContentSequence", []))
+
+
 def _referenced_segment(seg: Dataset, number: int, source: Dataset) -> hd.sr.ReferencedSegment:
-    # highdicom's from_segmentation reads per-frame Segment Identification, which a LABELMAP
-    # SEG lacks and a one-segment SEG keeps in the shared groups; then reference the segment
-    # and its source series directly.
-    per_frame = seg.get("PerFrameFunctionalGroupsSequence") or [Dataset()]
-    if seg.SOPClassUID == LABELMAP_SOP_CLASS or "SegmentIdentificationSequence" not in per_frame[0]:
-        return hd.sr.ReferencedSegment(
-            sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
-            segment_number=number,
-            source_series=hd.sr.SourceSeriesForSegmentation(source.SeriesInstanceUID),
-        )
-    return hd.sr.ReferencedSegment.from_segmentation(seg, number)
+    # TID 1411 allows the segment's source as a series or as every source image; the series
+    # form keeps the report small (highdicom's from_segmentation lists one item per frame the
+    # segment covers, for every segment) and works alike for BINARY and LABELMAP SEGs.
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+        segment_number=number,
+        source_series=hd.sr.SourceSeriesForSegmentation(source.SeriesInstanceUID),
+    )
 
 
 def _measurements(
@@ -171,7 +189,7 @@ def build_report(
         observation_context=observer,
         procedure_reported=procedure,
         imaging_measurements=groups,
-        referenced_images=[_library_entry(ds) for ds in source_images],
+        referenced_images=[_library_entry(ds) for ds in _library_images(source_images, groups)],
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*source_images, *(seg for _, seg, _ in segmentations)],

@@ -55,9 +55,21 @@ def test_report_structure_for_ohif(encoded):
     seg, sr = encoded.binary[0], encoded.binary[1]
     assert sr.ConceptNameCodeSequence[0].CodeValue == "126000"  # Imaging Measurement Report
     library = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111028"]
-    images = [i for i in _items(library[0]) if i.ValueType == "IMAGE"]
-    assert len(images) == len(encoded.case.datasets)
+    images = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+              for i in _items(library[0]) if i.ValueType == "IMAGE"}
     groups = _groups(sr)
+    # the library describes every source image the measurements reference (and is never
+    # empty); the other IMAGE items reference the SEG
+    sources = {ds.SOPInstanceUID for ds in encoded.case.datasets}
+    referenced = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                  for g in groups for i in _items(g) if i.ValueType == "IMAGE"}
+    assert images == (referenced & sources) | {encoded.case.datasets[0].SOPInstanceUID}
+    # ... while the evidence lists every source image
+    evidence = {ref.ReferencedSOPInstanceUID
+                for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence
+                for ref in series.ReferencedSOPSequence}
+    assert sources <= evidence
     seg_tracking = {d.SegmentNumber: d.TrackingUID for d in seg.SegmentSequence}
     assert len(groups) == len(seg_tracking)
     for group in groups:
