@@ -130,11 +130,26 @@ def trabecular_attenuation(
     screening value (HU)."""
     # edt is centre-to-centre distance to the nearest outside voxel; minus half a voxel it is
     # the depth of the voxel centre below the mask surface.
-    depth = ndimage.distance_transform_edt(mask, sampling=grid.spacing) - grid.spacing.min() / 2
+    # Only the mask's bounding box, one voxel wider, matters: every voxel outside it is
+    # farther from the mask than the background voxel on the box's edge in between.
+    box = _bounding_box(mask, pad=1)
+    depth = ndimage.distance_transform_edt(mask[box], sampling=grid.spacing) - \
+        grid.spacing.min() / 2
     core = depth > erosion_mm
     if not core.any():
         raise ValueError(f"body too small for a {erosion_mm} mm erosion")
-    return float(image[core].astype(np.float64).mean()), int(core.sum())
+    return float(image[box][core].astype(np.float64).mean()), int(core.sum())
+
+
+def _bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...]:
+    """Slices of the smallest box holding ``mask``, grown by ``pad`` voxels (within bounds)."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if len(hits) == 0:
+            return tuple(slice(0, 0) for _ in range(mask.ndim))
+        box.append(slice(max(hits[0] - pad, 0), min(hits[-1] + pad + 1, mask.shape[axis])))
+    return tuple(box)
 
 
 def axial_areas(mask: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
