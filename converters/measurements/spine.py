@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .geometry import AP, LR, SI, Grid
+from .geometry import AP, LR, SI, Grid, voxel_indices
 
 #: Fraction of the body's depth between its anterior/posterior border and the point where
 #: the anterior/posterior height is taken (keeps cortex partial volume and osteophytes out).
@@ -54,7 +54,7 @@ def region_statistics(
 ) -> RegionStatistics:
     """Voxel count, volume (mL), centroid (patient mm) and mean / sample SD of ``image``
     inside ``mask``."""
-    idx = np.argwhere(mask)
+    idx = voxel_indices(mask)
     n = len(idx)
     if n == 0:
         raise ValueError("empty mask: no statistics")
@@ -202,7 +202,7 @@ def anterior_of(mask: np.ndarray, boundary: np.ndarray, grid: Grid) -> np.ndarra
     border = float((bpts[near] @ AP).min())  # LPS: anterior = smaller y
     keep = (pts @ AP) < border
     out = np.zeros_like(mask)
-    out[tuple(np.argwhere(mask)[keep].T)] = True
+    out[tuple(voxel_indices(mask)[keep].T)] = True
     return out
 
 
