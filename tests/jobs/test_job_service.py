@@ -72,9 +72,10 @@ class CopyProcessor:
 class World:
     """A database with series in it, a spool, a job service, and an Orthanc."""
 
-    def __init__(self, tmp_path: Path, orthanc: Orthanc, **sections: Any):
+    def __init__(self, tmp_path: Path, orthanc: Orthanc, database_url: str, **sections: Any):
         self.orthanc = orthanc
         self.config = _config(tmp_path, orthanc.dicom_port, **sections)
+        self.config.storage.database_url = database_url  # "" = SQLite under storage.path
         engine = make_engine(self.config.storage.resolved_database_url(), immediate=True)
         create_schema(engine)
         self.sessions = sessionmaker(engine, expire_on_commit=False)
@@ -144,8 +145,9 @@ def test_backoff_doubles_and_caps() -> None:
     assert [backoff(n, 10, 60) for n in range(1, 6)] == [10, 20, 40, 60, 60]
 
 
-def test_series_is_routed_run_and_delivered(tmp_path: Path, orthanc: Orthanc) -> None:
-    world = World(tmp_path, orthanc)
+def test_series_is_routed_run_and_delivered(tmp_path: Path, orthanc: Orthanc,
+        database_url: str) -> None:
+    world = World(tmp_path, orthanc, database_url)
     job_id = world.add_series()
     world.run_all()
     job = world.job(job_id)
@@ -162,8 +164,9 @@ def test_series_is_routed_run_and_delivered(tmp_path: Path, orthanc: Orthanc) ->
 
 
 def test_non_image_and_unmatched_series_are_ignored_with_a_reason(tmp_path: Path,
-                                                                   orthanc: Orthanc) -> None:
-    world = World(tmp_path, orthanc)
+                                                                   orthanc: Orthanc,
+        database_url: str) -> None:
+    world = World(tmp_path, orthanc, database_url)
     sr = world.add_series(is_image=False)
     scout = world.add_series(image_type="ORIGINAL\\PRIMARY\\LOCALIZER")
     world.run_all()
@@ -173,8 +176,9 @@ def test_non_image_and_unmatched_series_are_ignored_with_a_reason(tmp_path: Path
     assert world.processor.calls == []
 
 
-def test_all_match_mode_makes_one_job_per_pipeline(tmp_path: Path, orthanc: Orthanc) -> None:
-    world = World(tmp_path, orthanc)
+def test_all_match_mode_makes_one_job_per_pipeline(tmp_path: Path, orthanc: Orthanc,
+        database_url: str) -> None:
+    world = World(tmp_path, orthanc, database_url)
     world.config.routing.mode = "all"
     world.config.routing.rules[1].match.modality = ["CT"]
     job_id = world.add_series()
@@ -184,8 +188,9 @@ def test_all_match_mode_makes_one_job_per_pipeline(tmp_path: Path, orthanc: Orth
                                                              "vertebral-bodies-ct"]
 
 
-def test_priority_orders_the_queue(tmp_path: Path, orthanc: Orthanc) -> None:
-    world = World(tmp_path, orthanc)
+def test_priority_orders_the_queue(tmp_path: Path, orthanc: Orthanc,
+        database_url: str) -> None:
+    world = World(tmp_path, orthanc, database_url)
     mr = world.add_series(modality="MR")
     ct = world.add_series(modality="CT")
     world.service.route_pending()
@@ -195,11 +200,12 @@ def test_priority_orders_the_queue(tmp_path: Path, orthanc: Orthanc) -> None:
 
 
 def test_failing_series_fails_with_its_reason_and_the_next_still_runs(tmp_path: Path,
-                                                                      orthanc: Orthanc) -> None:
+                                                                      orthanc: Orthanc,
+        database_url: str) -> None:
     class SliceMissingError(ValueError):
         pass
 
-    world = World(tmp_path, orthanc)
+    world = World(tmp_path, orthanc, database_url)
     bad = world.add_series()
     world.processor.fail = SliceMissingError("slice missing between positions 42.0 and 48.0 mm")
     world.run_all()
@@ -214,8 +220,9 @@ def test_failing_series_fails_with_its_reason_and_the_next_still_runs(tmp_path: 
 
 
 def test_destination_down_is_retried_then_dead_then_requeued_by_hand(tmp_path: Path,
-                                                                     orthanc: Orthanc) -> None:
-    world = World(tmp_path, orthanc)
+                                                                     orthanc: Orthanc,
+        database_url: str) -> None:
+    world = World(tmp_path, orthanc, database_url)
     world.config.destinations["pacs"].port = free_port()  # nobody listens there
     job_id = world.add_series()
     world.run_all()
@@ -237,8 +244,9 @@ def test_destination_down_is_retried_then_dead_then_requeued_by_hand(tmp_path: P
     assert world.processor.calls == ["vertebral-bodies-ct"]  # results re-sent, not recomputed
 
 
-def test_restart_requeues_jobs_a_worker_held(tmp_path: Path, orthanc: Orthanc) -> None:
-    world = World(tmp_path, orthanc)
+def test_restart_requeues_jobs_a_worker_held(tmp_path: Path, orthanc: Orthanc,
+        database_url: str) -> None:
+    world = World(tmp_path, orthanc, database_url)
     job_id = world.add_series()
     world.service.route_pending()
     assert world.service.claim_next() == job_id
@@ -253,11 +261,12 @@ def test_restart_requeues_jobs_a_worker_held(tmp_path: Path, orthanc: Orthanc) -
 
 
 def test_late_instance_supersedes_a_queued_job_but_not_a_running_one(tmp_path: Path,
-                                                                     orthanc: Orthanc) -> None:
+                                                                     orthanc: Orthanc,
+        database_url: str) -> None:
     """Two series completed early (their senders paused past the timeout), then each grew by
     an instance. The queued job would segment a partial series, so the new revision replaces
     it; the job a worker already holds runs to the end."""
-    world = World(tmp_path, orthanc)
+    world = World(tmp_path, orthanc, database_url)
     running, queued = world.add_series(), world.add_series()
     world.service.route_pending()
     assert world.service.claim_next() == running  # same priority: oldest first
@@ -276,8 +285,9 @@ def test_late_instance_supersedes_a_queued_job_but_not_a_running_one(tmp_path: P
                                                         world.job(queued).series_id}
 
 
-def test_cancel_and_retry_rules(tmp_path: Path, orthanc: Orthanc) -> None:
-    world = World(tmp_path, orthanc)
+def test_cancel_and_retry_rules(tmp_path: Path, orthanc: Orthanc,
+        database_url: str) -> None:
+    world = World(tmp_path, orthanc, database_url)
     job_id = world.add_series()
     world.service.route_pending()
     world.service.cancel(job_id)
@@ -291,8 +301,9 @@ def test_cancel_and_retry_rules(tmp_path: Path, orthanc: Orthanc) -> None:
         world.service.retry(999)
 
 
-def test_retention_never_purges_undelivered_results(tmp_path: Path, orthanc: Orthanc) -> None:
-    world = World(tmp_path, orthanc, retention={"keep_done_hours": 1})
+def test_retention_never_purges_undelivered_results(tmp_path: Path, orthanc: Orthanc,
+        database_url: str) -> None:
+    world = World(tmp_path, orthanc, database_url, retention={"keep_done_hours": 1})
     delivered, waiting = world.add_series(), world.add_series()
     world.run_all()
     world.config.destinations["pacs"].port = free_port()
@@ -318,8 +329,9 @@ def test_retention_never_purges_undelivered_results(tmp_path: Path, orthanc: Ort
 
 
 def test_emergency_purge_takes_the_oldest_delivered_job_first(tmp_path: Path,
-                                                              orthanc: Orthanc) -> None:
-    world = World(tmp_path, orthanc, retention={"keep_done_hours": 0})
+                                                              orthanc: Orthanc,
+        database_url: str) -> None:
+    world = World(tmp_path, orthanc, database_url, retention={"keep_done_hours": 0})
     world.config.storage.min_free = 10**9
     first, second = world.add_series(), world.add_series()
     world.run_all()

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -214,17 +213,30 @@ class RunningNode:
         assert result.returncode == 0, result.stderr
         return dict(json.loads(result.stdout))
 
+    @property
+    def database_url(self) -> str:
+        """The index's SQLAlchemy URL (storage.database_url, or the default SQLite file)."""
+        return (self.config.get("storage", {}).get("database_url")
+                or f"sqlite:///{self.root / 'var' / 'dicomnode.sqlite3'}")
+
     def query(self, sql: str) -> list[tuple[Any, ...]]:
-        """Read (or, to model a lost commit, change) the index directly (SQLite)."""
-        with sqlite3.connect(self.root / "var" / "dicomnode.sqlite3") as conn:
-            return conn.execute(sql).fetchall()
+        """Read (or, to model a lost commit, change) the index directly."""
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.database_url)
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(text(sql))
+                return [tuple(row) for row in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
 
     def quick_status(self) -> dict[str, Any]:
         """The same report as ``status --json``, computed in this process (fast, for polling)."""
         from dicomnode.service.status import collect_status
         from dicomnode.store import make_engine
 
-        engine = make_engine(f"sqlite:///{self.root / 'var' / 'dicomnode.sqlite3'}")
+        engine = make_engine(self.database_url)
         try:
             return collect_status(engine)
         finally:

@@ -1,4 +1,8 @@
-"""Crash safety: ``kill -9`` of a real ``dicomnode serve`` loses nothing it acknowledged."""
+"""Crash safety: ``kill -9`` of a real ``dicomnode serve`` loses nothing it acknowledged.
+
+The transfer and timer tests run with the index on SQLite and on PostgreSQL
+(``database_url``, tests/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ from tests.service.conftest import AE_TITLE, acknowledged_files, write_ct_series
 
 @pytest.mark.parametrize("graceful", [False, True], ids=["kill-9", "sigterm"])
 def test_stop_during_transfer_loses_no_acknowledged_instance(
-        make_node: Any, tmp_path: Path, ct_sources: list[Any], graceful: bool) -> None:
-    node = make_node(assembly={"series_timeout": 60})
+        make_node: Any, tmp_path: Path, ct_sources: list[Any], graceful: bool,
+        database_url: str) -> None:
+    node = make_node(assembly={"series_timeout": 60}, storage={"database_url": database_url})
     folder = tmp_path / "ct"
     uids = write_ct_series(folder, 400, sources=ct_sources)
     log = tmp_path / "storescu.log"
@@ -59,8 +64,8 @@ def test_stop_during_transfer_loses_no_acknowledged_instance(
 
 
 def test_series_timers_rearmed_after_kill9(make_node: Any, tmp_path: Path,
-                                           ct_sources: list[Any]) -> None:
-    node = make_node(assembly={"series_timeout": 3})
+                                           ct_sources: list[Any], database_url: str) -> None:
+    node = make_node(assembly={"series_timeout": 3}, storage={"database_url": database_url})
     write_ct_series(tmp_path / "ct", 3, sources=ct_sources)
     sent = subprocess.run(["storescu", "-xv", "+sd", "-aec", AE_TITLE, "127.0.0.1",
                            str(node.port), str(tmp_path / "ct")], capture_output=True, text=True)

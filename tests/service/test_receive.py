@@ -171,11 +171,12 @@ def test_non_image_objects_are_stored_but_never_image_jobs(make_node: Any, tmp_p
 
 
 def test_eight_concurrent_associations(make_node: Any, tmp_path: Path,
-                                       ct_sources: list[Any]) -> None:
-    """8 senders at once, 50 instances each (400), every one acknowledged and indexed."""
+                                       ct_sources: list[Any], database_url: str) -> None:
+    """8 senders at once, 50 instances each (400), every one acknowledged and indexed, with
+    the index on SQLite and on PostgreSQL."""
     import concurrent.futures
 
-    node = make_node()
+    node = make_node(storage={"database_url": database_url})
     folders = []
     for i in range(8):
         write_ct_series(tmp_path / f"sender{i}", 50, sources=ct_sources)
