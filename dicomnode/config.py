@@ -149,6 +149,14 @@ class LoggingConfig(_Section):
     file: Path | None = None
 
 
+class TotalSpineSegOptions(_Section):
+    """Options of the ``totalspineseg`` pipeline."""
+
+    #: Run step 1 only (cord, canal, discs, and vertebrae without level labels: faster, for
+    #: sites that only need the canal or the discs), as the official ``--step1`` option.
+    step1_only: bool = False
+
+
 class ModelsConfig(_Section):
     """Model weights and the inference device."""
 
@@ -168,6 +176,13 @@ class ModelsConfig(_Section):
     mirror: str = ""
     #: Seconds a download may stall before it is retried (then reported unreachable).
     download_timeout: float = 30.0
+    #: Options of the ``totalspineseg`` pipeline (``models.totalspineseg.step1_only``).
+    totalspineseg: TotalSpineSegOptions = Field(default_factory=TotalSpineSegOptions)
+
+    def pipeline_options(self, pipeline: str) -> dict[str, Any]:
+        """Keyword options for the pipeline ``pipeline`` (empty for pipelines without any)."""
+        section = getattr(self, pipeline.replace("-", "_"), None)
+        return section.model_dump() if isinstance(section, TotalSpineSegOptions) else {}
 
     @field_validator("device")
     @classmethod

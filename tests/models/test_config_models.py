@@ -27,6 +27,8 @@ def test_bundled_defaults() -> None:
     ({"pipeline_models": {"vertebral-bodies-ct": "totalspineseg"}},
      "models.pipeline_models", "belongs to pipeline totalspineseg"),
     ({"weights": "x"}, "models.weights", "unknown key"),
+    ({"totalspineseg": {"step2_only": True}}, "models.totalspineseg.step2_only", "unknown key"),
+    ({"totalspineseg": {"step1_only": "maybe"}}, "models.totalspineseg.step1_only", "bool"),
 ])
 def test_wrong_values_are_explained(models: dict[str, object], key: str, reason: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -39,3 +41,18 @@ def test_ensemble_selected_per_pipeline() -> None:
     config = parse_config({"models": {"pipeline_models": {
         "vertebral-bodies-ct": "vertebral-bodies-ct-l"}}})
     assert config.models.pipeline_models["vertebral-bodies-ct"] == "vertebral-bodies-ct-l"
+
+
+def test_pipeline_options_reach_the_pipeline(tmp_path) -> None:
+    """``models.totalspineseg.step1_only`` configures the pipeline the node and ``process``
+    create (no weights needed to construct it)."""
+    from dicomnode.models.pipelines import create_pipeline
+
+    runtime = NnUNetRuntime("cpu")
+    default = parse_config({"models": {"path": str(tmp_path)}}).models
+    assert create_pipeline("totalspineseg", default, runtime).step1_only is False
+    step1 = parse_config({"models": {"path": str(tmp_path),
+                                     "totalspineseg": {"step1_only": True}}}).models
+    assert create_pipeline("totalspineseg", step1, runtime).step1_only is True
+    assert step1.pipeline_options("vertebral-bodies-ct") == {}
+    create_pipeline("vertebral-bodies-ct", step1, runtime)  # takes no options

@@ -35,9 +35,11 @@ def get_pipeline(name: str) -> type[Pipeline]:
 def create_pipeline(name: str, models: ModelsConfig, runtime: NnUNetRuntime,
                     model: str | None = None) -> Pipeline:
     """A pipeline on the node's weights directory and runtime; the model is ``model``, else
-    ``models.pipeline_models[name]``, else the pipeline's default."""
+    ``models.pipeline_models[name]``, else the pipeline's default; its options come from the
+    ``models.<pipeline>`` section."""
     return get_pipeline(name)(ModelStore(models.path), runtime,
-                              model or models.pipeline_models.get(name))
+                              model or models.pipeline_models.get(name),
+                              **models.pipeline_options(name))
 
 
 __all__ = ["PIPELINES", "Pipeline", "PipelineError", "PipelineMetadata", "PipelineResult",
