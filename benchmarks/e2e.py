@@ -1,12 +1,18 @@
 """End-to-end latency: last C-STORE in → SEG stored in Orthanc, split by stage, next to the
 model's own time.
 
-One run, one input: a ≥ 300-slice CT series (the shared CTA resampled to 0.9 mm, as in
-``benchmarks/load_series.py``) sent with dcmtk ``storescu`` to ``dicomnode serve``, which routes
-it to ``vertebral-bodies-ct`` (a VertebralBodiesCT-shaped ResEnc M model with random weights,
-built with nnunetv2's own trainer as the tests do) and delivers SEG, SR and preview to a real
-Orthanc on loopback. The reference is the model's own command,
-``nnUNetv2_predict_from_modelfolder -f all --disable_tta``, on the same volume as NIfTI.
+One run, one input, sent with dcmtk ``storescu`` to ``dicomnode serve``, which routes it to
+``vertebral-bodies-ct`` and delivers SEG, SR and preview to a real Orthanc on loopback. The
+reference is the model's own command, ``nnUNetv2_predict_from_modelfolder -f all
+--disable_tta``, on the same volume as NIfTI. Two cases (``--model``):
+
+* ``trained`` (default): TotalSegmentator's ``example_ct.nii.gz`` resampled to 0.8 mm pixels
+  and 1 mm slices (458 × 379, 336 slices) with the test suite's trained VertebralBodiesCT-shaped
+  model (``tests/models/fixtures/vbct-small``), so the label map holds real vertebral bodies
+  and encoding costs what it costs on a real case;
+* ``random``: the shared CTA resampled to 0.9 mm slices (318 slices, as in
+  ``benchmarks/load_series.py``) with a random-weight ResEnc M model built with nnunetv2's
+  own trainer: a label map of noise in every label, the worst case for the encoders.
 
 Reported (seconds unless noted):
 
@@ -18,7 +24,7 @@ Reported (seconds unless noted):
 * ``node_peak_rss`` (MiB) next to the reference command's.
 
     .venv/bin/python benchmarks/e2e.py [--json PATH] [--series-timeout 2] [--device cpu]
-        [--model-spacing 2 1.5 1.5]
+        [--model trained|random] [--model-spacing 2 1.5 1.5]
 
 ``--json`` writes a list of {"name", "ours", "reference", "unit", "ratio"} (ratio = ours /
 reference; for the overhead row the reference is the 3 s target).
@@ -42,22 +48,28 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.load_series import write_series  # noqa: E402
+from tests.models.train_small_model import CT as EXAMPLE_CT  # noqa: E402
 from benchmarks.report import report  # noqa: E402
 from tests.orthanc import Orthanc  # noqa: E402
 from tests.service.conftest import RunningNode, free_port, storescu  # noqa: E402
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+TRAINED_MODEL = (REPO / "tests" / "models" / "fixtures" / "vbct-small"
+                 / "nnUNetTrainer__nnUNetResEncUNetMPlans__3d_fullres")
 TARGET_OVERHEAD_S = 3.0
 
 
-def build_model(work: Path, spacing: tuple[float, float, float] = (2.0, 1.5, 1.5)
+def build_model(work: Path, kind: str, spacing: tuple[float, float, float] = (2.0, 1.5, 1.5)
                 ) -> tuple[Path, Path]:
-    """A random-weight ResEnc M folder (target ``spacing``, z y x mm), and a weights store
-    with it installed."""
+    """The model folder (the trained fixture, or a random-weight ResEnc M folder with target
+    ``spacing``, z y x mm), and a weights store with it installed."""
     from tests.models.modelfolders import build_model_folder
 
-    folder = build_model_folder(work / "nnUNet_results", "nnUNetResEncUNetMPlans", ["all"], seed=3,
-                                spacing=spacing)
+    if kind == "trained":
+        folder = TRAINED_MODEL
+    else:
+        folder = build_model_folder(work / "nnUNet_results", "nnUNetResEncUNetMPlans", ["all"],
+                                    seed=3, spacing=spacing)
     store = work / "models"
     config = work / "install.yaml"
     config.write_text(f"models:\n  path: {store}\n")
@@ -177,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--series-timeout", type=float, default=2.0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", choices=("trained", "random"), default="trained",
+                        help="the trained test model on example_ct, or random weights on the CTA")
     parser.add_argument("--model-spacing", type=float, nargs=3, default=(2.0, 1.5, 1.5),
                         metavar=("Z", "Y", "X"),
                         help="the random model's target spacing (mm); a coarse one (4 3 3) makes "
@@ -185,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dicomnode-e2e-") as tmp:
         work = Path(tmp)
         series = work / "series"
-        slices = write_series(series)
-        model, store = build_model(work, tuple(args.model_spacing))
+        if args.model == "trained":
+            slices = write_series(series, 1.0, EXAMPLE_CT, pixel_mm=0.8, name="example_ct")
+        else:
+            slices = write_series(series)
+        model, store = build_model(work, args.model, tuple(args.model_spacing))
         ours = run_node(series, store, work, args.series_timeout, args.device)
         ref_seconds, ref_peak = run_reference(series, model, work, args.device)
     segmenting = ours["stages"].get("stage_segmenting", 0.0)

@@ -39,25 +39,30 @@ from benchmarks.report import report  # noqa: E402
 NIFTI = REPO.parent / "shared" / "data" / "totalsegmentator-ref" / "aorta_report" / "example_ct.nii.gz"
 
 
-def write_series(folder: Path, slice_mm: float = 0.9) -> int:
-    """Write the benchmark series into ``folder``; returns the slice count."""
+def write_series(folder: Path, slice_mm: float = 0.9, source: Path = NIFTI,
+                 pixel_mm: float | None = None, name: str = "aorta_ct") -> int:
+    """Write ``source`` (a CT in HU) resampled to ``slice_mm`` slices (and ``pixel_mm`` pixels,
+    when given) into ``folder`` as an uncompressed single-frame CT series (12-bit, rescale
+    −1024) in shuffled file order; returns the slice count."""
     import numpy as np
     import SimpleITK as sitk
 
     sys.path.insert(0, str(REPO))
     from tests import synthetic
 
-    image = sitk.DICOMOrient(sitk.ReadImage(str(NIFTI)), "LPS")
+    image = sitk.DICOMOrient(sitk.ReadImage(str(source)), "LPS")
     size = list(image.GetSize())
     spacing = list(image.GetSpacing())
-    size[2] = int((size[2] - 1) * spacing[2] / slice_mm) + 1
-    spacing[2] = slice_mm
+    for axis, mm in ((0, pixel_mm), (1, pixel_mm), (2, slice_mm)):
+        if mm:
+            size[axis] = int((size[axis] - 1) * spacing[axis] / mm) + 1
+            spacing[axis] = mm
     image = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
                           spacing, image.GetDirection(), -1024.0, sitk.sitkInt16)
     hu = sitk.GetArrayFromImage(image)
     stored = np.clip(hu.astype(np.int64) + 1024, 0, 4095)
     syn = synthetic.single_frame_series(
-        name="aorta_ct", shape=stored.shape, spacing=tuple(spacing),
+        name=name, shape=stored.shape, spacing=tuple(spacing),
         direction=np.asarray(image.GetDirection()).reshape(3, 3), origin=image.GetOrigin(),
         stored=stored)
     synthetic.write_series(synthetic.shuffled(syn), folder)
