@@ -21,7 +21,7 @@ Reported (seconds unless noted):
 * one row per stage from the job record (routing, loading, segmenting, encoding, dispatching);
 * ``overhead_excl_model`` — everything but the segmenting stage and the quiet period; the
   target is ≤ 3 s for a 300-slice CT;
-* ``node_peak_rss`` (MiB) next to the reference command's.
+* ``node_peak_rss`` (MiB; process tree, see ``PeakRss``) next to the reference command's.
 
     .venv/bin/python benchmarks/e2e.py [--json PATH] [--series-timeout 2] [--device cpu]
         [--model trained|random] [--model-spacing 2 1.5 1.5]
@@ -80,7 +80,9 @@ def build_model(work: Path, kind: str, spacing: tuple[float, float, float] = (2.
 
 
 class PeakRss:
-    """Polls a process's VmHWM (its own high-water mark) until stopped."""
+    """Peak memory of a process and its children until stopped: the larger of the process's
+    own high-water mark (VmHWM) and the largest sampled sum of RSS over the process tree
+    (nnU-Net's command preprocesses and exports in child processes)."""
 
     def __init__(self, pid: int):
         self.pid, self.peak = pid, 0
@@ -89,13 +91,27 @@ class PeakRss:
         self._thread.start()
 
     def _poll(self) -> None:
+        import psutil
+
+        try:
+            process = psutil.Process(self.pid)
+        except psutil.Error:
+            return
         while not self._stop.wait(0.2):
             try:
                 for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
                         self.peak = max(self.peak, int(line.split()[1]) * 1024)
-            except OSError:
+                tree = [process, *process.children(recursive=True)]
+            except (OSError, psutil.Error):
                 return
+            total = 0
+            for member in tree:
+                try:
+                    total += member.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
 
     def stop(self) -> int:
         self._stop.set()
@@ -143,6 +159,11 @@ def run_node(series: Path, store: Path, work: Path, timeout: float, device: str
                     break
             else:
                 time.sleep(0.05)
+        deadline = time.time() + 300  # the SEG is in; let the rest of the delivery finish
+        while node.query("select state from jobs")[0][0] not in ("done", "failed", "dead"):
+            if time.time() > deadline:
+                break
+            time.sleep(0.1)
         stage_times, state = node.query("select stage_times, state from jobs")[0]
         last_received = node.query("select last_received_at from series")[0][0]
     finally:
@@ -163,7 +184,7 @@ def run_node(series: Path, store: Path, work: Path, timeout: float, device: str
 
 
 def run_reference(series: Path, model: Path, work: Path, device: str) -> tuple[float, int]:
-    """The model's own command on the same volume; seconds and peak RSS of its process."""
+    """The model's own command on the same volume; seconds and peak RSS of its process tree."""
     import SimpleITK as sitk
 
     from converters import load_series

@@ -15,7 +15,8 @@ from dicomnode.jobs.service import SeriesIdentity
 class PipelineProcessor:
     """Builds each pipeline once (models stay warm in the runtime) and runs it on spool files.
 
-    torch and nnU-Net are imported on the first job, not when the node starts.
+    torch and nnU-Net are imported after the node starts listening (:meth:`warm_up`, in the
+    background), never before: start-up stays quick.
     """
 
     def __init__(self, config: Config):
@@ -31,6 +32,19 @@ class PipelineProcessor:
         if self._runtime is None:
             self._runtime = NnUNetRuntime.from_config(self.config.models)
         return self._runtime
+
+    def warm_up(self) -> None:
+        """Import the encoders (highdicom) and the model runtime (torch, nnU-Net) now, so the
+        first job does not pay for it; the node calls this in a background thread once it
+        listens (a second or two of imports on a small machine, plus torch's)."""
+        import converters.results.encode  # noqa: F401 - highdicom, the SEG/SR/preview writers
+        import converters.volume  # noqa: F401 - SimpleITK, the pixel decoders
+        import dicomnode.models.process  # noqa: F401
+
+        with self._lock:
+            runtime = self.runtime
+        runtime.device  # noqa: B018 - resolving it imports torch (and initialises CUDA)
+        import nnunetv2.inference.predict_from_raw_data  # noqa: F401
 
     def pipeline(self, name: str) -> Any:
         from dicomnode.models.pipelines import create_pipeline

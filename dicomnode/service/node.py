@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -45,8 +46,9 @@ class Node:
                                    config.assembly.series_timeout)
         self.receiver = Receiver(config.node, config.storage, self.index, self.spool,
                                  self.assembler.series_started)
+        self.processor = PipelineProcessor(config)
         self.jobs = JobService(config, sessionmaker(self.write_engine, expire_on_commit=False),
-                               self.spool.root, PipelineProcessor(config))
+                               self.spool.root, self.processor)
         self.executor = Executor(self.jobs, workers=config.jobs.workers,
                                  poll_interval=config.jobs.poll_interval)
         self._stopping = threading.Event()
@@ -66,6 +68,17 @@ class Node:
         if self.config.jobs.enabled:
             self.executor.start()
         self.receiver.start()
+        if self.config.jobs.enabled:
+            threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        started = time.monotonic()
+        try:
+            self.processor.warm_up()
+        except Exception as exc:  # noqa: BLE001 - the first job will report the same problem
+            log_event(LOGGER, "node.warm_up_failed", logging.WARNING, error=str(exc))
+        else:
+            log_event(LOGGER, "node.warmed_up", seconds=round(time.monotonic() - started, 2))
 
     def stop(self) -> None:
         """Graceful stop: no new associations, running C-STOREs answered, timers kept."""

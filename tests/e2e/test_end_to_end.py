@@ -76,8 +76,6 @@ def test_ct_series_comes_back_as_seg_sr_and_preview(make_e2e_node: Any, orthanc:
     assert kinds[SEG] >= 1 and kinds[SR] == 1 and kinds[SC] >= 1, kinds
     for seg in (ds for ds in objects if ds.SOPClassUID == SEG):
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
-        results = sorted((node.root / "var" / "jobs").glob("*/result.json"))
-        assert results, "the job's results folder is on disk"
         assert len(seg.SegmentSequence) >= 1
         frames = seg.PerFrameFunctionalGroupsSequence
         assert all(f.DerivationImageSequence for f in frames)
@@ -85,6 +83,9 @@ def test_ct_series_comes_back_as_seg_sr_and_preview(make_e2e_node: Any, orthanc:
     assert sr.CurrentRequestedProcedureEvidenceSequence
     # intensities reached the report: mean attenuation in Hounsfield units
     assert "[hnsf'U]" in _units(sr)
+    assert sorted((node.root / "var" / "jobs").glob("*/result.json")), "results stay on disk"
+    # the encoders and the model runtime were imported in the background after start-up
+    assert '"event": "node.warmed_up"' in node.logs[-1].read_text()
 
 
 def _units(item: pydicom.Dataset) -> set[str]:
