@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 from ..vocabulary import LabelMapping, Structure
 from .geometry import Grid
@@ -30,12 +32,32 @@ class Layer:
     labelmap: np.ndarray
     structures: Sequence[Structure]
 
-    def mask(self, key: str) -> np.ndarray:
-        """Where the label map holds one of ``key``'s label values."""
-        out = np.zeros(self.labelmap.shape, bool)
-        for value in (v for v, k in self.mapping.labels.items() if k == key):
-            out |= self.labelmap == value  # ~13× faster than np.isin on a 300-slice map
+    def mask(self, key: str, box: tuple[slice, ...] | None = None) -> np.ndarray:
+        """Where the label map (or its sub-array ``box``) holds one of ``key``'s values."""
+        labelmap = self.labelmap if box is None else self.labelmap[box]
+        out = np.zeros(labelmap.shape, bool)
+        for value in self._values(key):
+            out |= labelmap == value  # ~13× faster than np.isin on a 300-slice map
         return out
+
+    def box(self, key: str) -> tuple[slice, ...]:
+        """The smallest sub-array holding every voxel of ``key``, one voxel wider on each side
+        (within the array), so that its edge is background as it is in the whole map."""
+        boxes = [b for v in self._values(key) if v <= len(self._boxes) and
+                 (b := self._boxes[v - 1]) is not None]
+        if not boxes:
+            return tuple(slice(0, 0) for _ in self.labelmap.shape)
+        return tuple(slice(max(min(b[axis].start for b in boxes) - 1, 0),
+                           min(max(b[axis].stop for b in boxes) + 1, size))
+                     for axis, size in enumerate(self.labelmap.shape))
+
+    def _values(self, key: str) -> list[int]:
+        return [v for v, k in self.mapping.labels.items() if k == key]
+
+    @functools.cached_property
+    def _boxes(self) -> list[tuple[slice, ...] | None]:
+        # One pass over the label map gives every label's bounding box.
+        return ndimage.find_objects(self.labelmap)
 
 
 @dataclass
@@ -123,14 +145,22 @@ def measure(
     out = Findings(intensity_is_hu=hu)
     for layer in layers:
         for s in layer.structures:
-            mask = layer.mask(s.key)
+            # A structure's own measurements only need its bounding box (a few hundred
+            # thousand voxels instead of the whole map); a vertebra's body needs other labels.
+            box = layer.box(s.key)
+            mask, sub_grid = layer.mask(s.key, box), grid.cropped(box)
             key = (layer.mapping.name, s.key)
-            out.statistics[key] = region_statistics(mask, grid, image)
-            body = _body_mask(layers, layer, s, mask, grid)
+            out.statistics[key] = region_statistics(mask, sub_grid,
+                                                    None if image is None else image[box])
+            if s.kind == "body" and s.level:
+                out.heights[key] = body_heights(mask, sub_grid)
+                continue
+            body = _body_mask(layers, layer, s, layer.mask(s.key), grid) \
+                if s.kind == "vertebra" else None
             if body is not None and body.any():
                 out.heights[key] = body_heights(body, grid)
             elif s.kind == "disc":
-                out.disc_heights[key] = disc_height(mask, grid)
+                out.disc_heights[key] = disc_height(mask, sub_grid)
     l1 = _by_level(layers, "L1")
     if hu and image is not None and l1:
         layer, s = l1

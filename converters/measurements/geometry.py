@@ -84,6 +84,13 @@ class Grid:
         """Length of one voxel's projection onto the unit vector ``axis`` (mm)."""
         return float(np.abs(axis @ self.affine[:3, :3]).sum())
 
+    def cropped(self, box: Sequence[slice]) -> Grid:
+        """The grid of the sub-array ``array[box]`` (same axes, origin at the box's corner)."""
+        start = np.array([b.start or 0 for b in box] + [1], float)
+        a = self.affine.copy()
+        a[:3, 3] = self.affine[:3] @ start
+        return Grid(a)
+
     def to_patient(self, indices: np.ndarray) -> np.ndarray:
         """(N, 3) array indices → (N, 3) patient coordinates."""
         return indices @ self.affine[:3, :3].T + self.affine[:3, 3]

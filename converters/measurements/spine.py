@@ -72,7 +72,8 @@ def _column_height(points: np.ndarray, grid: Grid, ap_position: float) -> float:
     """Cranio-caudal extent of the points within half a voxel of ``ap_position``."""
     half = max(grid.extent_along(AP) / 2, 1e-6)
     ap = points @ AP
-    near = np.abs(ap - ap_position) <= half
+    # The tolerance keeps a column exactly half a voxel away in, whatever the rounding.
+    near = np.abs(ap - ap_position) <= half * (1 + 1e-9) + 1e-9
     if not near.any():  # nearest occupied column when the exact one is empty
         near = np.abs(ap - ap_position) <= np.abs(ap - ap_position).min() + 1e-6
     z = points[near] @ SI

@@ -147,3 +147,38 @@ def test_body_in_two_parts_still_has_heights():
     mask[2:10, 2:8, 26:28] = True  # as big as the first: the median falls in the gap
     heights = body_heights(mask, grid)
     assert heights.middle_mm == pytest.approx(16.0)
+
+
+def test_findings_on_bounding_boxes_equal_whole_map_measurements():
+    """``measure`` works on each structure's bounding box; on an oblique grid, with a body
+    touching the array's edge and a disc, the numbers equal whole-map measurements."""
+    from converters.measurements.findings import Layer, measure
+    from converters.vocabulary import LabelMapping, structure
+
+    mapping = LabelMapping("vb", {13: "body_L1", 14: "body_L2", 90: "disc_L1_L2"})
+    labels = np.zeros((60, 70, 50), np.uint8)
+    labels[0:18, 20:50, 10:40] = 13   # touches the first frame
+    labels[22:40, 22:52, 12:42] = 14
+    labels[18:22, 24:48, 14:38] = 90
+    rng = np.random.default_rng(3)
+    image = rng.normal(200, 40, labels.shape)
+    c, s = np.cos(0.3), np.sin(0.3)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[0, 0, 1.2], [c * 0.8, -s * 0.8, 0], [s * 0.7, c * 0.7, 0]])
+    affine[:3, 3] = (-40, 12, 300)
+    grid = Grid(affine)
+    structures = mapping.structures_present(labels)
+    found = measure([Layer(mapping, labels, structures)], grid, image, "CT")
+    for st in structures:
+        whole = labels == {"body_L1": 13, "body_L2": 14, "disc_L1_L2": 90}[st.key]
+        expected = region_statistics(whole, grid, image)
+        got = found.statistics[("vb", st.key)]
+        assert got.voxel_count == expected.voxel_count
+        assert got.centroid == pytest.approx(expected.centroid, abs=1e-9)
+        assert got.mean == pytest.approx(expected.mean, rel=1e-12)
+        if st.kind == "body":
+            got_h, expected_h = found.heights[("vb", st.key)], body_heights(whole, grid)
+            assert (got_h.anterior_mm, got_h.middle_mm, got_h.posterior_mm) == pytest.approx(
+                (expected_h.anterior_mm, expected_h.middle_mm, expected_h.posterior_mm))
+        else:
+            assert found.disc_heights[("vb", st.key)] == pytest.approx(disc_height(whole, grid))
