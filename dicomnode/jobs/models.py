@@ -7,6 +7,8 @@ A job (``dicomnode.store.models.Job``) is one pipeline run on one complete serie
     complete | routed → superseded (a late instance reopened the series before a worker took
                                     the job; see the assembler)
     loading | segmenting | encoding → failed (typed reason; retry re-runs the job)
+    loading | segmenting | encoding → routed at a restart (re-run), or superseded when the
+                                       series has a newer revision by then
     dispatching → dead (a delivery used up its attempts; retry re-sends the same results)
     any unfinished state → cancelled (by a person)
 

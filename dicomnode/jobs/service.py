@@ -88,16 +88,26 @@ class JobService:
     # -- recovery -------------------------------------------------------------------------
     def recover(self) -> int:
         """After a restart: jobs a worker held are queued again (their work is redone; the
-        results carry the same UIDs, so a re-send replaces rather than duplicates)."""
+        results carry the same UIDs, so a re-send replaces rather than duplicates). One whose
+        series has since grown (a late instance opened a newer revision, which gets its own
+        job) is superseded instead: it would segment a partial series. Returns the count
+        queued again."""
+        requeued, superseded = [], []
         with self.sessions.begin() as session:
-            jobs = session.scalars(select(Job).where(Job.state.in_(RUNNING_STATES))).all()
-            for job in jobs:
-                job.transition(JobState.ROUTED)
+            for job in session.scalars(select(Job).where(Job.state.in_(RUNNING_STATES))).all():
+                if job.revision < job.series.revision:
+                    job.transition(JobState.SUPERSEDED)
+                    superseded.append(job.id)
+                else:
+                    job.transition(JobState.ROUTED)
+                    requeued.append(job.id)
             for leftover in self.results_root.glob("*.partial"):
                 shutil.rmtree(leftover, ignore_errors=True)
-        for job in jobs:
-            log_event(LOGGER, "job.requeued", job=job.id, reason="restart")
-        return len(jobs)
+        for job_id in requeued:
+            log_event(LOGGER, "job.requeued", job=job_id, reason="restart")
+        for job_id in superseded:
+            log_event(LOGGER, "job.superseded", job=job_id, reason="series has a newer revision")
+        return len(requeued)
 
     # -- routing --------------------------------------------------------------------------
     def route_pending(self) -> int:

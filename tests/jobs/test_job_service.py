@@ -285,6 +285,22 @@ def test_late_instance_supersedes_a_queued_job_but_not_a_running_one(tmp_path: P
                                                         world.job(queued).series_id}
 
 
+def test_restart_supersedes_a_held_job_whose_series_grew(tmp_path: Path, orthanc: Orthanc,
+        database_url: str) -> None:
+    """Killed while segmenting revision 1; a late instance had opened revision 2 (which gets
+    its own job): at restart revision 1 is superseded, not run again."""
+    world = World(tmp_path, orthanc, database_url)
+    job_id = world.add_series()
+    world.service.route_pending()
+    assert world.service.claim_next() == job_id
+    with world.sessions.begin() as session:
+        session.get(Job, job_id).series.revision = 2
+    again = JobService(world.config, world.sessions, world.spool, world.processor)
+    assert again.recover() == 0
+    assert world.job(job_id).state == JobState.SUPERSEDED
+    assert again.claim_next() is None
+
+
 def test_cancel_and_retry_rules(tmp_path: Path, orthanc: Orthanc,
         database_url: str) -> None:
     world = World(tmp_path, orthanc, database_url)
