@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.report import report  # noqa: E402
-NIFTI = REPO.parent / "shared" / "data" / "totalsegmentator-ref" / "aorta_report" / "example_ct.nii.gz"
+from tests.shared_data import SHARED_DATA  # noqa: E402
+NIFTI = SHARED_DATA / "totalsegmentator-ref" / "aorta_report" / "example_ct.nii.gz"
 
 
 def write_series(folder: Path, slice_mm: float = 0.9, source: Path = NIFTI,

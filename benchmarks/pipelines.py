@@ -40,7 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.report import report  # noqa: E402
-CT = REPO.parent / "shared" / "data" / "totalsegmentator-ref" / "example_ct.nii.gz"
+from tests.shared_data import SHARED_DATA  # noqa: E402
+CT = SHARED_DATA / "totalsegmentator-ref" / "example_ct.nii.gz"
 NNUNET = Path(sys.executable).with_name("nnUNetv2_predict_from_modelfolder")
 
 

@@ -45,8 +45,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.pipelines import run_measured  # noqa: E402
 from benchmarks.report import report  # noqa: E402
+from tests.shared_data import SHARED_DATA  # noqa: E402
 
-SAMPLE = REPO.parent / "shared" / "data" / "tptbox-spine-samples" / "sample_mri" / "sub-mri_label-6_T2w.nii.gz"
+SAMPLE = SHARED_DATA / "tptbox-spine-samples" / "sample_mri" / "sub-mri_label-6_T2w.nii.gz"
 ORIENTATIONS = ("RAS", "PIR", "LPS", "ASL", "IPR")
 _MARK = "warm latencies: "
 

@@ -41,7 +41,9 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data" / "totalsegmentator-ref"
+sys.path.insert(0, str(REPO))  # run as a script, too
+from tests.shared_data import SHARED_DATA  # noqa: E402
+DATA = SHARED_DATA / "totalsegmentator-ref"
 CT = DATA / "example_ct.nii.gz"
 LABELS = DATA / "spine_report" / "example_ct_report" / "totalseg.nii.gz"
 
