@@ -15,8 +15,9 @@ from dicomnode.jobs.service import SeriesIdentity
 class PipelineProcessor:
     """Builds each pipeline once (models stay warm in the runtime) and runs it on spool files.
 
-    torch and nnU-Net are imported after the node starts listening (:meth:`warm_up`, in the
-    background), never before: start-up stays quick.
+    torch and nnU-Net are imported after the node starts listening, in the background while
+    no association is open (:meth:`warm_up_steps`): start-up stays quick and ingest is not
+    slowed.
     """
 
     def __init__(self, config: Config):
@@ -33,18 +34,25 @@ class PipelineProcessor:
             self._runtime = NnUNetRuntime.from_config(self.config.models)
         return self._runtime
 
-    def warm_up(self) -> None:
-        """Import the encoders (highdicom) and the model runtime (torch, nnU-Net) now, so the
-        first job does not pay for it; the node calls this in a background thread once it
-        listens (a second or two of imports on a small machine, plus torch's)."""
-        import converters.results.encode  # noqa: F401 - highdicom, the SEG/SR/preview writers
-        import converters.volume  # noqa: F401 - SimpleITK, the pixel decoders
-        import dicomnode.models.process  # noqa: F401
+    def warm_up_steps(self) -> list[Callable[[], None]]:
+        """Imports the first job would otherwise pay for (a second or two for the encoders on
+        a small machine, several for torch and nnU-Net), as separate steps so that the node
+        can run them between associations (:meth:`dicomnode.service.node.Node._warm_up`)."""
 
-        with self._lock:
-            runtime = self.runtime
-        runtime.device  # noqa: B018 - resolving it imports torch (and initialises CUDA)
-        import nnunetv2.inference.predict_from_raw_data  # noqa: F401
+        def encoders() -> None:
+            import converters.results.encode  # noqa: F401 - highdicom, SEG/SR/preview writers
+            import converters.volume  # noqa: F401 - SimpleITK, the pixel decoders
+            import dicomnode.models.process  # noqa: F401
+
+        def runtime() -> None:
+            with self._lock:
+                runtime = self.runtime
+            runtime.device  # noqa: B018 - resolving it imports torch (and initialises CUDA)
+
+        def nnunet() -> None:
+            import nnunetv2.inference.predict_from_raw_data  # noqa: F401
+
+        return [encoders, runtime, nnunet]
 
     def pipeline(self, name: str) -> Any:
         from dicomnode.models.pipelines import create_pipeline

@@ -170,6 +170,12 @@ class Receiver:
         log_event(LOGGER, "receiver.listening", ae_title=self.node.ae_title,
                   host=self.node.host, port=self.node.port, tls=self.node.tls.enabled)
 
+    def busy(self) -> bool:
+        """Whether an association is open (connections still negotiating do not count)."""
+        server = self._server
+        return server is not None and any(
+            a.is_acceptor and a.is_established for a in server.ae.active_associations)
+
     def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop accepting; give open associations ``grace`` seconds to end, then abort them.
 

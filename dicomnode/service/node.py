@@ -22,6 +22,9 @@ from dicomnode.receiver import Receiver, Spool
 from dicomnode.receiver.recovery import mark_clean, recover
 from dicomnode.store import InstanceIndex, create_schema, make_engine
 
+#: Seconds without an open association before each warm-up step runs.
+WARM_UP_IDLE = 2.0
+
 LOGGER = logging.getLogger("dicomnode.service")
 
 
@@ -72,9 +75,19 @@ class Node:
             threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
 
     def _warm_up(self) -> None:
+        """Run the processor's warm-up steps, each once the receiver has been idle for
+        ``WARM_UP_IDLE`` seconds: the imports hold the GIL and would slow a transfer."""
         started = time.monotonic()
         try:
-            self.processor.warm_up()
+            for step in self.processor.warm_up_steps():
+                idle_since = time.monotonic()
+                while time.monotonic() - idle_since < WARM_UP_IDLE:
+                    if self._stopping.wait(0.2):
+                        return
+                    if self.receiver.busy():
+                        idle_since = time.monotonic()
+                log_event(LOGGER, "node.warm_up_step", step=step.__name__)
+                step()
         except Exception as exc:  # noqa: BLE001 - the first job will report the same problem
             log_event(LOGGER, "node.warm_up_failed", logging.WARNING, error=str(exc))
         else:

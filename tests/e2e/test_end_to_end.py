@@ -88,6 +88,30 @@ def test_ct_series_comes_back_as_seg_sr_and_preview(make_e2e_node: Any, orthanc:
     assert '"event": "node.warmed_up"' in node.logs[-1].read_text()
 
 
+def test_warm_up_waits_while_an_association_is_open(make_e2e_node: Any,
+                                                     orthanc: Orthanc) -> None:
+    """The background imports hold the GIL, so they wait for an idle receiver."""
+    import time
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    node = make_e2e_node(orthanc)
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context(Verification)
+    held = ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
+    assert held.is_established
+    try:
+        time.sleep(5)
+        assert '"node.warm_up_step"' not in node.logs[-1].read_text()
+    finally:
+        held.release()
+    wait_until(lambda: '"node.warmed_up"' in node.logs[-1].read_text(), timeout=120)
+    steps = [line for line in node.logs[-1].read_text().splitlines()
+             if '"node.warm_up_step"' in line]
+    assert len(steps) == 3
+
+
 def _units(item: pydicom.Dataset) -> set[str]:
     """UCUM codes of every numeric measurement in an SR content tree."""
     found = set()
