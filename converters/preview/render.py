@@ -41,12 +41,14 @@ def _window(values: np.ndarray, modality: str) -> np.ndarray:
 
 
 def _sample(grid: Grid, volume: np.ndarray, points: np.ndarray, order: int,
-            outside: float = 0) -> np.ndarray:
-    """Values of ``volume`` at patient ``points`` (..., 3); ``outside`` beyond the grid."""
+            outside: float = 0, dtype: type | None = None) -> np.ndarray:
+    """Values of ``volume`` at patient ``points`` (..., 3) as ``dtype`` (default: the
+    volume's); ``outside`` beyond the grid."""
     inv = np.linalg.inv(grid.affine)
     idx = points @ inv[:3, :3].T + inv[:3, 3]
     coords = np.moveaxis(idx, -1, 0)
-    return ndimage.map_coordinates(volume, coords, order=order, mode="constant", cval=outside)
+    return ndimage.map_coordinates(volume, coords, output=dtype or volume.dtype, order=order,
+                                   mode="constant", cval=outside)
 
 
 def render_panels(
@@ -70,6 +72,7 @@ def render_panels(
     centre = labelled.mean(axis=0) if len(labelled) else (lo + hi) / 2
     pixel = max(float(grid.spacing[1:].min()), float((hi - lo).max()) / MAX_PANEL_PX)
     pixel = max(MIN_PIXEL_MM, min(pixel, float(SI @ (hi - lo)) / MIN_PANEL_PX))
+    background = float(image.min()) if image.size else 0.0
     panels = []
     # (name, horizontal axis and its DICOM letter, fixed axis): vertical is always S → I.
     for name, horiz, letter, fixed in (("sagittal", AP, "P", LR), ("coronal", LR, "L", AP)):
@@ -81,7 +84,8 @@ def render_panels(
         hs = np.arange(h_lo, h_hi + 1e-6, pixel)
         vs = np.arange(v_hi, v_lo - 1e-6, -pixel)  # superior at the top
         pts = (centre @ fixed) * fixed + hs[None, :, None] * horiz + vs[:, None, None] * SI
-        grey = _window(_sample(grid, image.astype(np.float32), pts, 1, float(image.min())), modality)
+        # interpolated in float whatever the image's dtype (int16 HU from the volume)
+        grey = _window(_sample(grid, image, pts, 1, background, np.float32), modality)
         lab = _sample(grid, labels, pts, 0).astype(int)
         rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float64)
         palette = np.array([(0, 0, 0), *(s.rgb for s in structures)], float)

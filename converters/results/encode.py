@@ -36,27 +36,37 @@ def _modality_values(datasets: Sequence[Dataset]) -> np.ndarray | None:
     return None
 
 
-def _values_from_volume(volume: Any, source: Any) -> np.ndarray:
-    """``volume.image`` (a ``converters.Volume``) on the frames of the source grid ``source``."""
+def _values_from_volume(volume: Any, source: Any, order: Sequence[int]) -> np.ndarray:
+    """``volume.image`` (a ``converters.Volume``) on the source frames ``order`` selects (the
+    spatial order the measurements and reformats use), with ``source`` the SourceGrid.
+
+    The volume's own dtype is kept (int16 HU on most CT): the measurements and the preview
+    convert only what they sample, so no float copy of the whole volume is made, and when the
+    volume's slices already are those frames in that order (the usual case) no copy at all.
+    """
     import SimpleITK as sitk
 
     frames = getattr(source, "frames", None)
     if frames is None:
         raise ValueError("image given as a Volume needs the source as a SourceGrid (its .frames)")
-    values = sitk.GetArrayFromImage(volume.image).astype(np.float32)
     if getattr(volume, "grid", None) is not None:
         # Resampled (tilt / irregular spacing): let the loader put the values back on the
         # source planes by nearest neighbour, shifted into its unsigned integer range.
         from ..volume import to_source_grid
 
+        values = sitk.GetArrayFromImage(volume.image).astype(np.float32)
         low = float(np.floor(values.min()))
         shifted = np.clip(np.rint(values - low), 0, 65535).astype(np.uint16)
-        return to_source_grid(volume, shifted).array.astype(np.float32) + low
+        return (to_source_grid(volume, shifted).array.astype(np.float32) + low)[list(order)]
+    values = sitk.GetArrayViewFromImage(volume.image)
     index = {src: k for k, src in enumerate(volume.sources)}
-    out = np.zeros((len(frames), *values.shape[1:]), np.float32)
-    for i, frame in enumerate(frames):
-        if frame in index:
-            out[i] = values[index[frame]]
+    slices = [index.get(frames[i]) for i in order]
+    if slices == list(range(len(values))):
+        return values
+    out = np.zeros((len(slices), *values.shape[1:]), values.dtype)
+    for j, k in enumerate(slices):
+        if k is not None:
+            out[j] = values[k]
     return out
 
 
@@ -129,20 +139,23 @@ def encode_results(
     out: list[Dataset] = [seg for _, seg, _ in segs]
     if not (options.sr or options.preview):
         return out
-    if image is None:
-        image = _modality_values(datasets)
-    elif not isinstance(image, np.ndarray):
-        image = _values_from_volume(image, source)
     # Measurements and reformats need frames in spatial order; the SEG keeps source order.
     order = frame_order(datasets)
     planes = frame_planes(datasets)
     grid = Grid.from_planes([planes[i] for i in order], datasets[0])
     layers = [Layer(ly.mapping, ly.labelmap[order], ly.structures) for ly in layers]
-    if image is not None:
+    if image is None:
+        image = _modality_values(datasets)
+    elif not hasattr(image, "image"):  # array-like rather than a Volume
         image = np.asarray(image)
+    if isinstance(image, np.ndarray):
         if image.shape != arrays[0].shape:
             raise ValueError(f"image shape {image.shape} differs from the label map's {arrays[0].shape}")
         image = image[order]
+    elif image is not None:
+        image = _values_from_volume(image, source, order)
+        if image.shape != arrays[0].shape:
+            raise ValueError(f"volume shape {image.shape} differs from the label map's {arrays[0].shape}")
     modality = str(datasets[0].get("Modality", ""))
     if options.sr:
         findings = measure(layers, grid, image, modality, options.trabecular_erosion_mm)

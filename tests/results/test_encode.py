@@ -12,7 +12,7 @@ from converters.vocabulary import spineps_instances, spineps_subregions
 from tests import synthetic
 from tests.results.conftest import dciodvfy_errors
 from tests.results.fixtures import synthetic_mr
-from tests.results.test_sr import _groups, _items
+from tests.results.test_sr import _groups, _items, _nums
 
 SPINEPS = PipelineMetadata("spineps", "T2w_semantic+instance", "v1.4.0")
 
@@ -73,3 +73,35 @@ def test_nothing_mapped_gives_nothing():
         encode_results(case.datasets, case.labelmap, case.mapping, SPINEPS, image=case.image[1:])
     with pytest.raises(ValueError, match="label mappings"):
         encode_results(case.datasets, [empty, empty], [case.mapping], SPINEPS)
+
+
+@pytest.mark.parametrize("make", [synthetic.irregular_spacing, synthetic.axial_ct,
+                                  synthetic.enhanced_mr],
+                         ids=["resampled", "regular", "frames-shuffled"])
+def test_intensities_from_the_volume_equal_those_of_the_source_pixels(make):
+    """image=Volume (the node's path: no second decode) gives the SR the same numbers as
+    decoding the source files, also when the loader resampled the series (irregular spacing:
+    every source slice lies on a plane of the regular grid, so nearest-neighbour back onto the
+    source frames is exact), whatever the file order, and when the frames of a multi-frame
+    source are not in spatial order."""
+    syn = synthetic.shuffled(make())
+    volume = converters.load_series(syn.datasets)
+    labels = np.zeros(sitk.GetArrayViewFromImage(volume.image).shape, np.uint8)
+    labels[1:-1, 3:9, 4:12] = 13  # a box of "L1 vertebral body"
+    labels[2:4, 5:7, 6:9] = 14
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(volume.image)
+    grid = converters.to_source_grid(volume, image)
+    mapping = converters.vocabulary.vertebral_bodies_ct()
+    pipeline = PipelineMetadata("vertebral-bodies-ct", "ResEncM", "test")
+    from_volume = encode_results(grid, None, mapping, pipeline, image=volume)
+    if len(grid.datasets) > 1:  # single-frame files: decoded again by encode_results
+        reference = None
+    else:  # one multi-frame object: each frame's slice of the volume, found by its source
+        values = sitk.GetArrayFromImage(volume.image)
+        reference = np.stack([values[volume.sources.index(f)] for f in grid.frames])
+    from_files = encode_results(grid.datasets, grid.array, mapping, pipeline, image=reference)
+    numbers = [[value for _, value, _, _ in _nums(g)] for g in _groups(from_volume[1])]
+    assert numbers == [[value for _, value, _, _ in _nums(g)] for g in _groups(from_files[1])]
+    assert len(numbers) == 2 and all(numbers)
+    np.testing.assert_array_equal(from_volume[2].pixel_array, from_files[2].pixel_array)
