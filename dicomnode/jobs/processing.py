@@ -40,9 +40,12 @@ class PipelineProcessor:
         can run them between associations (:meth:`dicomnode.service.node.Node._warm_up`)."""
 
         def encoders() -> None:
-            import converters.results.encode  # noqa: F401 - highdicom, SEG/SR/preview writers
             import converters.volume  # noqa: F401 - SimpleITK, the pixel decoders
             import dicomnode.models.process  # noqa: F401
+
+            # highdicom reads its IOD and module tables (JSON) on the first SEG it builds,
+            # ~1 s on a small machine: build a throw-away one now rather than in the first job.
+            _encode_tiny_series()
 
         def runtime() -> None:
             with self._lock:
@@ -51,6 +54,8 @@ class PipelineProcessor:
 
         def nnunet() -> None:
             import nnunetv2.inference.predict_from_raw_data  # noqa: F401
+            # what loading the first model imports (matplotlib, seaborn: ~1 s)
+            import nnunetv2.training.nnUNetTrainer.nnUNetTrainer  # noqa: F401
 
         return [encoders, runtime, nnunet]
 
@@ -82,3 +87,41 @@ class PipelineProcessor:
         stage("encoding")
         write_result(out, volume, result, encode=True)
         return dict(json.loads((out / "result.json").read_text(encoding="utf-8")))
+
+
+def _encode_tiny_series() -> None:
+    """SEG, SR and preview of a 2-slice, 8 × 8 synthetic CT with one labelled voxel block:
+    every lazily loaded table of the encoders (highdicom, pydicom codes, Pillow's font) is
+    loaded once it returns. Nothing is written."""
+    import numpy as np
+    from pydicom.dataset import Dataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    from converters.results import PipelineMetadata, encode_results
+    from converters.vocabulary import vertebral_bodies_ct
+
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    sources = []
+    for k in range(2):
+        ds = Dataset()
+        ds.file_meta = Dataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality, ds.PatientID, ds.PatientName, ds.StudyID = "CT", "WARMUP", "Warm^Up", "1"
+        ds.SeriesNumber, ds.InstanceNumber, ds.AccessionNumber = 1, k + 1, ""
+        ds.StudyDate, ds.StudyTime, ds.PatientSex, ds.PatientBirthDate = "20260101", "000000", "O", ""
+        ds.ReferringPhysicianName, ds.Manufacturer = "", "dicomnode"
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2.0 * k], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [1, 1], 2
+        ds.Rows = ds.Columns = 8
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        sources.append(ds)
+    labels = np.zeros((2, 8, 8), np.uint8)
+    labels[:, 2:6, 2:6] = 13  # L1 body: the L1 and L3 measurements run too
+    image = np.full(labels.shape, 200.0, np.float32)
+    encode_results(sources, labels, vertebral_bodies_ct(),
+                   PipelineMetadata("warm-up", "warm-up", "0"), image=image)

@@ -34,6 +34,7 @@ from dicomnode.jobs.models import (
     JobState,
 )
 from dicomnode.logs import log_event
+from dicomnode.receiver.spool import fsync_folder
 from dicomnode.rules import SeriesFacts, route
 from dicomnode.store.models import Association, Instance, Job, Series, utcnow
 
@@ -246,8 +247,12 @@ class JobService:
                             error_message=f"{type(exc).__name__}: {exc}")
             log_event(LOGGER, "job.failed", job=job_id, kind=kind, reason=str(exc))
             return
+        if self.config.storage.fsync:  # on disk before the job says they are there
+            fsync_folder(partial)
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)  # results appear whole or not at all
+        if self.config.storage.fsync:
+            fsync_folder(final.parent)
         with self.sessions.begin() as session:
             job = session.get(Job, job_id)
             assert job is not None

@@ -39,6 +39,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_folder(folder: Path) -> None:
+    """Flush every file directly in ``folder`` and the folder itself to disk."""
+    for path in folder.iterdir():
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
 class Spool:
     """Durable file storage of received instances under one root folder."""
 
