@@ -146,16 +146,13 @@ def encode_results(
     layers = [Layer(ly.mapping, ly.labelmap[order], ly.structures) for ly in layers]
     if image is None:
         image = _modality_values(datasets)
-    elif not hasattr(image, "image"):  # array-like rather than a Volume
-        image = np.asarray(image)
-    if isinstance(image, np.ndarray):
+    if image is not None:
+        volume = hasattr(image, "image")  # a Volume comes out in spatial order already
+        image = _values_from_volume(image, source, order) if volume else np.asarray(image)
         if image.shape != arrays[0].shape:
             raise ValueError(f"image shape {image.shape} differs from the label map's {arrays[0].shape}")
-        image = image[order]
-    elif image is not None:
-        image = _values_from_volume(image, source, order)
-        if image.shape != arrays[0].shape:
-            raise ValueError(f"volume shape {image.shape} differs from the label map's {arrays[0].shape}")
+        if not volume:
+            image = image[order]
     modality = str(datasets[0].get("Modality", ""))
     if options.sr:
         findings = measure(layers, grid, image, modality, options.trabecular_erosion_mm)

@@ -34,7 +34,7 @@ from dicomnode.jobs.models import (
     JobState,
 )
 from dicomnode.logs import log_event
-from dicomnode.receiver.spool import fsync_folder
+from dicomnode.receiver.spool import fsync_folder, fsync_path
 from dicomnode.rules import SeriesFacts, route
 from dicomnode.store.models import Association, Instance, Job, Series, utcnow
 
@@ -252,7 +252,7 @@ class JobService:
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)  # results appear whole or not at all
         if self.config.storage.fsync:
-            fsync_folder(final.parent)
+            fsync_path(final.parent)  # the rename itself
         with self.sessions.begin() as session:
             job = session.get(Job, job_id)
             assert job is not None

@@ -31,7 +31,8 @@ def safe_name(uid: str) -> str:
     return "x" + hashlib.sha256(uid.encode()).hexdigest()[:32]
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename into it), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -43,12 +44,8 @@ def fsync_folder(folder: Path) -> None:
     """Flush every file directly in ``folder`` and the folder itself to disk."""
     for path in folder.iterdir():
         if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    _fsync_dir(folder)
+            fsync_path(path)
+    fsync_path(folder)
 
 
 class Spool:
@@ -111,7 +108,7 @@ class Spool:
             temporary.unlink(missing_ok=True)
             raise
         if self.fsync:
-            _fsync_dir(target.parent)  # makes the rename itself durable
+            fsync_path(target.parent)  # makes the rename itself durable
         return size
 
     def _ensure_dir(self, folder: Path) -> None:
@@ -126,7 +123,7 @@ class Spool:
             for path in reversed(missing):
                 path.mkdir(exist_ok=True)
                 if self.fsync:
-                    _fsync_dir(path.parent)
+                    fsync_path(path.parent)
             self._known_dirs.add(folder)
 
     def keep_rejected(self, chunks: list[bytes]) -> str | None:

@@ -163,6 +163,41 @@ def test_series_is_routed_run_and_delivered(tmp_path: Path, orthanc: Orthanc,
     assert set(delivery.stored) <= set(orthanc.sop_instance_uids())
 
 
+def test_results_are_flushed_to_disk_before_the_job_moves_to_dispatch(
+        tmp_path: Path, orthanc: Orthanc, database_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With storage.fsync on, every result file and the renamed results folder are fsynced
+    while the job is still encoding: a power loss never leaves a dispatching job without
+    its files."""
+    import os
+
+    import dicomnode.receiver.spool as spool
+
+    world = World(tmp_path, orthanc, database_url)
+    job_id = world.add_series()
+    flushed: list[tuple[str, JobState]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        flushed.append((os.readlink(f"/proc/self/fd/{fd}"), world.job(job_id).state))
+        real_fsync(fd)
+
+    monkeypatch.setattr(spool.os, "fsync", recording_fsync)
+    world.run_all()
+    assert world.job(job_id).state == JobState.DISPATCHING
+    results = world.service.results_dir(job_id)
+    partial = f"{results}.partial"
+    assert (f"{partial}/00_result.dcm", JobState.ENCODING) in flushed
+    assert (partial, JobState.ENCODING) in flushed
+    assert (str(results.parent), JobState.ENCODING) in flushed  # the rename
+
+    flushed.clear()
+    world.config.storage.fsync = False
+    second = world.add_series()
+    world.run_all()
+    assert world.job(second).state == JobState.DISPATCHING and flushed == []
+
+
 def test_non_image_and_unmatched_series_are_ignored_with_a_reason(tmp_path: Path,
                                                                    orthanc: Orthanc,
         database_url: str) -> None:
