@@ -73,6 +73,13 @@ class NodeConfig(_Section):
     max_associations: int = 16
     #: Seconds of silence after which an association is aborted.
     network_timeout: float = 60.0
+    #: Seconds a new connection may take to send its A-ASSOCIATE-RQ (and, with TLS, to finish
+    #: its handshake) before it is closed: port probes must not hold association slots.
+    acse_timeout: float = Field(5.0, gt=0)
+    #: ``strict``: UIDs must follow PS3.5 9.1 exactly. ``lenient``: components with leading
+    #: zeros (written by some real archives) are accepted and logged; anything else that is
+    #: not digits and dots, or longer than 64 characters, is refused either way.
+    uid_validation: Literal["strict", "lenient"] = "lenient"
     tls: TLSConfig = Field(default_factory=TLSConfig)
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
@@ -109,13 +116,20 @@ class StorageConfig(_Section):
     min_free: int = 2 * 1024**3
     #: fsync each instance and its directory before acknowledging (crash safety).
     fsync: bool = True
+    #: Largest data set accepted (inflated size for Deflated Explicit VR), enforced while the
+    #: fragments arrive: larger ones are refused with ``instance-too-large``.
+    max_instance_size: int = 4 * 1024**3
+    #: Most bytes kept under ``spool/.quarantine`` (refused data sets); oldest removed first.
+    quarantine_max: int = 1024**3
+    #: Days a refused data set is kept under ``spool/.quarantine``.
+    quarantine_days: float = Field(30.0, gt=0)
 
-    @field_validator("min_free", mode="before")
+    @field_validator("min_free", "max_instance_size", "quarantine_max", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
         return parse_size(value) if isinstance(value, str) else value
 
-    @field_validator("min_free")
+    @field_validator("min_free", "max_instance_size", "quarantine_max")
     @classmethod
     def _non_negative(cls, value: int) -> int:
         if value < 0:

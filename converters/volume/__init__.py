@@ -10,8 +10,13 @@ Decisions, each documented where it is made:
 - Stacks (:mod:`.stacks`): split by series, echo, temporal position, b-value, enhanced
   StackID, orientation (normals > 5° apart) and repeated positions; primary = most frames,
   then earliest echo/time point/acquisition; ``select_stack`` overrides.
-- Not volumes (:mod:`.frames`): SOP classes other than CT/MR/PET images, ImageType
-  LOCALIZER/SCOUT/SCREEN SAVE/PROJECTION IMAGE…, colour images, no geometry.
+- Not volumes (:mod:`.sop_classes`, :mod:`.frames`): SOP classes outside the CT/MR/PET
+  allow-list (:class:`NotAVolumeSopClassError` when no instance is in it), Siemens mosaics
+  (:class:`UnsupportedMosaicError`), ImageType LOCALIZER/SCOUT/SCREEN SAVE/PROJECTION
+  IMAGE…, colour images, no geometry.
+- Transfer syntaxes: whatever pydicom's installed decoders take, big endian included
+  (values come back in native byte order); others → :class:`UnsupportedTransferSyntaxError`
+  before any pixel data is decoded.
 - Grid (:mod:`.geometry`, :mod:`.resample`): slices must sit within 0.01 mm of a regular,
   unsheared grid; otherwise resampled (default) or rejected per ``on_tilt`` /
   ``on_irregular``; an isolated gap over 1.5× the median spacing is a missing slice
@@ -29,15 +34,20 @@ from .errors import (
     MissingSliceError,
     NonUniformGridError,
     NotAVolumeError,
+    NotAVolumeSopClassError,
     PixelDataError,
     StackSelectionError,
+    UnsupportedMosaicError,
+    UnsupportedTransferSyntaxError,
     VolumeError,
 )
 from .frames import SourceFrame
 from .loader import SourceGrid, Volume, VolumeMetadata, from_source_grid, load_series, to_source_grid
+from .sop_classes import VOLUME_SOP_CLASSES, is_volume_sop_class
 from .stacks import Stack
 
 __all__ = [
+    "VOLUME_SOP_CLASSES",
     "DuplicatePositionError",
     "GantryTiltError",
     "InconsistentStackError",
@@ -45,15 +55,19 @@ __all__ = [
     "MissingSliceError",
     "NonUniformGridError",
     "NotAVolumeError",
+    "NotAVolumeSopClassError",
     "PixelDataError",
     "SourceFrame",
     "SourceGrid",
     "Stack",
     "StackSelectionError",
+    "UnsupportedMosaicError",
+    "UnsupportedTransferSyntaxError",
     "Volume",
     "VolumeError",
     "VolumeMetadata",
     "from_source_grid",
+    "is_volume_sop_class",
     "load_series",
     "to_source_grid",
 ]

@@ -8,10 +8,12 @@ multi-frame instance. Everything later in the loader works on frames.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import pydicom
@@ -19,32 +21,17 @@ from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
 from pydicom.tag import BaseTag, Tag
 from pydicom.multival import MultiValue
 from pydicom.uid import (
-    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    EnhancedCTImageStorage,
-    EnhancedMRImageStorage,
-    EnhancedPETImageStorage,
-    LegacyConvertedEnhancedCTImageStorage,
-    LegacyConvertedEnhancedMRImageStorage,
-    LegacyConvertedEnhancedPETImageStorage,
-    MRImageStorage,
-    PositronEmissionTomographyImageStorage,
 )
 
-from .errors import PixelDataError
-
-#: SOP classes whose instances are cross-sectional images that can be stacked into a volume.
-VOLUME_SOP_CLASSES: frozenset[str] = frozenset({
-    CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage,
-    MRImageStorage, EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage,
-    PositronEmissionTomographyImageStorage, EnhancedPETImageStorage,
-    LegacyConvertedEnhancedPETImageStorage,
-})
+from .errors import PixelDataError, UnsupportedTransferSyntaxError
+from .sop_classes import is_volume_sop_class
 
 #: ImageType values that mark an image as not part of a diagnostic volume: scouts /
 #: localizers, screen saves of workstations, and projections (MIP, MR angio projections).
@@ -162,28 +149,86 @@ def repair_sop_uids(ds: Dataset) -> bool:
     return changed
 
 
-def exclusion_reason(ds: Dataset) -> str | None:
-    """Why this instance can never be part of a volume, or None if it can."""
+ExclusionKind = Literal["not-a-volume-sop-class", "no-pixel-data", "non-volume-image-type",
+                        "unsupported-mosaic", "colour"]
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Why an instance can never be part of a volume. ``kind`` lets the loader pick the
+    typed error when nothing is left; ``images_in_mosaic`` is set for a mosaic whose CSA
+    header says it."""
+
+    kind: ExclusionKind
+    reason: str
+    sop_class_uid: str
+    images_in_mosaic: int | None = None
+
+
+def exclusion(ds: Dataset) -> Exclusion | None:
+    """Why this instance can never be part of a volume, or None if it can. The SOP class
+    decides first: an SC/SR/PR is refused for what it is, not for what it lacks."""
     sop_class = sop_uids(ds)[0]
+    if not is_volume_sop_class(sop_class):
+        return Exclusion("not-a-volume-sop-class",
+                         f"SOPClassUID {describe_uid(sop_class)} is not a CT/MR/PET image "
+                         "storage class that can form a volume", sop_class)
     if "PixelData" not in ds and "FloatPixelData" not in ds:
-        return f"no pixel data (SOP class {_sop_name(sop_class)})"
-    if sop_class not in VOLUME_SOP_CLASSES:
-        return f"SOP class {_sop_name(sop_class)} is not a cross-sectional CT/MR/PET image"
+        return Exclusion("no-pixel-data", f"no pixel data (SOP class {describe_uid(sop_class)})",
+                         sop_class)
     image_type = value(ds, "ImageType", [])
     image_type = {str(v).upper() for v in (image_type if isinstance(image_type, (list, MultiValue))
                                            else [image_type])}
     marked = sorted(image_type & NON_VOLUME_IMAGE_TYPES)
     if marked:
-        return f"ImageType {'/'.join(marked)} (not part of a volume)"
+        return Exclusion("non-volume-image-type",
+                         f"ImageType {'/'.join(marked)} (not part of a volume)", sop_class)
+    if "MOSAIC" in image_type:
+        count = images_in_mosaic(ds)
+        return Exclusion("unsupported-mosaic", _mosaic_text(ds, count), sop_class, count)
     if value(ds, "SamplesPerPixel", 1) != 1 or not str(
             value(ds, "PhotometricInterpretation", "MONOCHROME2")).startswith("MONOCHROME"):
-        return "colour image (a screen save or rendering, not a measured volume)"
+        return Exclusion("colour",
+                         "colour image (a screen save or rendering, not a measured volume)",
+                         sop_class)
     return None
 
 
-def _sop_name(uid: str) -> str:
-    name = pydicom.uid.UID(uid).name if uid else "missing"
-    return f"{name}" if name != uid else uid
+def describe_uid(uid: str) -> str:
+    """``Name (uid)`` for a UID pydicom knows, the bare UID otherwise ("missing" if empty)."""
+    if not uid:
+        return "missing"
+    name = pydicom.uid.UID(uid).name
+    return f"{name} ({uid})" if name != uid else uid
+
+
+def images_in_mosaic(ds: Dataset) -> int | None:
+    """NumberOfImagesInMosaic of the Siemens CSA image header (0029,xx10); None when the
+    header is absent (anonymisers strip private tags) or unreadable. Read only for images
+    marked MOSAIC: parsing the CSA header of every Siemens slice would cost ~1 ms each."""
+    try:
+        with warnings.catch_warnings():  # nibabel.nicom warns on import that it is experimental
+            warnings.simplefilter("ignore", UserWarning)
+            from nibabel.nicom import csareader
+    except ImportError:  # the count only enriches the message; refusing needs no nibabel
+        return None
+    try:
+        header = csareader.get_csa_header(ds, "image")
+        count = csareader.get_n_mosaic(header) if header else None
+    except (csareader.CSAError, struct.error, ValueError, TypeError, KeyError, IndexError):
+        return None
+    return int(count) if count else None
+
+
+def _mosaic_text(ds: Dataset, count: int | None) -> str:
+    rows, columns = int(value(ds, "Rows", 0)), int(value(ds, "Columns", 0))  # type: ignore[arg-type]
+    if count is None:
+        return (f"unsupported Siemens mosaic (ImageType MOSAIC, one {rows}×{columns} frame; no "
+                "readable CSA header (0029,1010) says how many slices it tiles)")
+    per_side = math.isqrt(count - 1) + 1  # tiles fill a square grid, row by row
+    return (f"unsupported Siemens mosaic: {count} slices of {rows // per_side}×"
+            f"{columns // per_side} tiled in one {rows}×{columns} frame (ImageType MOSAIC, CSA "
+            f"NumberOfImagesInMosaic {count})")
 
 
 def _group(ds: Dataset, index: int, keyword: str) -> Dataset | None:
@@ -359,6 +404,45 @@ def frames_of(ds: Dataset) -> list[Frame]:
 _NATIVE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
 
 
+def _syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "") or "").strip(" \0") if meta is not None else ""
+
+
+def undecodable(syntax: str) -> str | None:
+    """Why pixel data in transfer syntax ``syntax`` cannot be decoded here, None if it can."""
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:  # private, video, or newer than pydicom (JPEG XL)
+        return "pydicom has no decoder for it"
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "none listed"
+        return f"no decoder plug-in for it is installed (missing: {missing})"
+    return None
+
+
+def check_decodable(frames: Sequence[Frame]) -> None:
+    """Raise :class:`UnsupportedTransferSyntaxError` for the first instance whose
+    TransferSyntaxUID cannot be decoded. Instances without file meta are left to pydicom,
+    which then decides from the dataset's own encoding."""
+    verdicts: dict[str, str | None] = {}
+    seen: set[int] = set()
+    for frame in frames:
+        if id(frame.dataset) in seen:
+            continue
+        seen.add(id(frame.dataset))
+        syntax = _syntax(frame.dataset)
+        if not syntax:
+            continue
+        if syntax not in verdicts:
+            verdicts[syntax] = undecodable(syntax)
+        why = verdicts[syntax]
+        if why is not None:
+            raise UnsupportedTransferSyntaxError(
+                f"cannot decode pixel data of SOP instance {frame.source.sop_instance_uid}: "
+                f"TransferSyntaxUID (0002,0010) {describe_uid(syntax)}: {why}", syntax)
+
+
 def _native(ds: Dataset) -> np.ndarray | None:
     """Uncompressed little-endian single-frame greyscale pixels straight from the buffer,
     with pydicom's own treatment of BitsStored (unused high bits masked, signed values
@@ -395,7 +479,13 @@ def iter_decoded(frames: Sequence[Frame], release: Callable[[Dataset], bool] | N
     """Stored pixel values of each frame (Rows × Columns), in order, decoding each instance
     once with pydicom's decoders (native, RLE, JPEG, JPEG-LS, JPEG 2000 through the
     pylibjpeg/GDCM plug-ins). ``release(ds)`` True: drop a single-frame instance's
-    PixelData once its frame has been handed out, so a large series is not held twice."""
+    PixelData once its frame has been handed out, so a large series is not held twice.
+
+    Values come back in native byte order (a big-endian series decodes to ``>u2``, which
+    SimpleITK and in-place numpy casts refuse). Raises
+    :class:`UnsupportedTransferSyntaxError` before decoding anything when an instance's
+    transfer syntax has no decoder here."""
+    check_decodable(frames)
     decoded: dict[int, np.ndarray] = {}
     for frame in frames:
         ds = frame.dataset
@@ -406,12 +496,11 @@ def iter_decoded(frames: Sequence[Frame], release: Callable[[Dataset], bool] | N
                 if arr is None:
                     arr = pydicom.pixels.pixel_array(ds)
             except Exception as exc:  # decoders raise many types; say which instance failed
-                meta = getattr(ds, "file_meta", None)
-                syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
                 raise PixelDataError(
                     f"cannot decode pixel data of SOP instance {frame.source.sop_instance_uid}"
-                    f" (transfer syntax {pydicom.uid.UID(syntax).name or 'unknown'}): {exc}"
-                ) from exc
+                    f" (TransferSyntaxUID {describe_uid(_syntax(ds))}): {exc}") from exc
+            if not arr.dtype.isnative:
+                arr = arr.astype(arr.dtype.newbyteorder("="))
             if frame.index is None:
                 if release is not None and release(ds):
                     del ds.PixelData

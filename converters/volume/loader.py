@@ -27,13 +27,17 @@ from .errors import (
     GantryTiltError,
     IrregularSpacingError,
     NotAVolumeError,
+    NotAVolumeSopClassError,
+    UnsupportedMosaicError,
     VolumeError,
 )
 from .frames import (
+    Exclusion,
     Frame,
     SourceFrame,
+    describe_uid,
     iter_decoded,
-    exclusion_reason,
+    exclusion,
     first_number,
     frames_of,
     read_instances,
@@ -160,9 +164,13 @@ def load_series(
     """Build the volume of one series.
 
     ``paths_or_datasets``: files of one series (any transfer syntax pydicom can decode with
-    the installed plug-ins) or pydicom datasets; single-frame or enhanced multi-frame CT/MR/
-    PET. Instances that are not cross-sectional images (localizers, secondary captures,
-    screen saves, SR/PR/SEG, colour images) are set aside and listed in ``excluded``.
+    the installed plug-ins, big endian included) or pydicom datasets; single-frame or
+    enhanced multi-frame CT/MR/PET. Instances that are not cross-sectional images
+    (localizers, secondary captures, screen saves, SR/PR/SEG, Siemens mosaics, colour
+    images) are set aside and listed in ``excluded``; when nothing is left the error says
+    why: :class:`NotAVolumeSopClassError` (no instance of a volume SOP class),
+    :class:`UnsupportedMosaicError`, else :class:`NotAVolumeError`. An undecodable transfer
+    syntax raises :class:`UnsupportedTransferSyntaxError` before any pixels are decoded.
 
     ``select_stack``: which stack to load when the series holds several (see
     :mod:`converters.volume.stacks` for how they are split): None → the primary stack (most
@@ -185,27 +193,29 @@ def load_series(
     items = list(paths_or_datasets)
     read, excluded = read_instances(items)
     frames: list[Frame] = []
+    exclusions: list[Exclusion] = []
     seen: set[str] = set()
-    repaired = 0
+    repaired = instances = 0
     for ds, owned in read:
         repaired += owned and repair_sop_uids(ds)
         uid = sop_uids(ds)[1]
         if uid and uid in seen:  # the same instance sent twice is one instance
             continue
         seen.add(uid)
-        reason = exclusion_reason(ds)
-        if reason is None:
+        instances += 1
+        why = exclusion(ds)
+        reason = None if why is None else why.reason
+        if why is None:
             try:
                 frames.extend(frames_of(ds))
             except (KeyError, AttributeError, TypeError, ValueError) as exc:
                 reason = f"no usable patient geometry ({exc})"
+        else:
+            exclusions.append(why)
         if reason is not None:
             excluded.append((uid, reason))
     if not frames:
-        detail = "; ".join(f"{uid}: {why}" for uid, why in excluded[:5])
-        raise NotAVolumeError(
-            f"none of the {len(items)} instance(s) is a cross-sectional image that can form a "
-            f"volume ({detail}{'; …' if len(excluded) > 5 else ''})", excluded)
+        _raise_not_a_volume(len(items), instances, exclusions, excluded)
 
     stacks = split_stacks(frames, split_angle_deg, position_tolerance_mm)
     stack = choose_stack(stacks, select_stack)
@@ -271,6 +281,31 @@ def load_series(
         metadata=_metadata(sorted_frames, datasets), positions=positions, plane=plane,
         resampled=resampling, grid=grid, stacks=[s.describe() for s in ordered],
         excluded=excluded, warnings=warnings)
+
+
+def _raise_not_a_volume(given: int, instances: int, exclusions: Sequence[Exclusion],
+                        excluded: list[tuple[str, str]]) -> None:
+    """Nothing can form a volume: raise the error that names the reason. A mosaic comes
+    first (its SOP class is a volume class, its layout is the problem); then a series in
+    which no readable instance has a volume SOP class; anything else is plain."""
+    mosaics = [e for e in exclusions if e.kind == "unsupported-mosaic"]
+    if mosaics:
+        raise UnsupportedMosaicError(
+            f"{len(mosaics)} of {instances} instance(s) are Siemens mosaics (each frame tiles a "
+            "whole EPI volume), which the loader does not split into slices (dcm2niix does); "
+            f"first: {mosaics[0].reason}",
+            excluded, next((e.images_in_mosaic for e in mosaics if e.images_in_mosaic), None))
+    classes = sorted({e.sop_class_uid for e in exclusions if e.kind == "not-a-volume-sop-class"})
+    if instances and len(exclusions) == instances and all(
+            e.kind == "not-a-volume-sop-class" for e in exclusions):
+        raise NotAVolumeSopClassError(
+            f"none of the {instances} instance(s) has a SOPClassUID that can form a volume "
+            f"(CT, MR or PET image storage): {', '.join(describe_uid(c) for c in classes)}",
+            excluded, tuple(classes))
+    detail = "; ".join(f"{uid}: {why}" for uid, why in excluded[:5])
+    raise NotAVolumeError(
+        f"none of the {given} instance(s) is a cross-sectional image that can form a "
+        f"volume ({detail}{'; …' if len(excluded) > 5 else ''})", excluded)
 
 
 def _padding(frame: Frame) -> float | None:

@@ -148,6 +148,25 @@ class JobService:
                                error_message="non-image objects (SR, PR, KO…) are kept, not "
                                              "segmented")
                 return []
+            # Imported here: the package pulls in the loader (SimpleITK), which the node's
+            # warm-up imports between associations rather than at start-up.
+            from converters.volume.sop_classes import is_volume_sop_class
+
+            # Secondary captures, video… are images but never volumes, however many slices
+            # they have; the loader refuses them too. The series row holds the first
+            # instance's class only, so a CT series that merely starts with an SC page is
+            # still routed (the loader sets the page aside). Unknown: left to the loader.
+            if (series is not None and series.sop_class_uid
+                    and not is_volume_sop_class(series.sop_class_uid)):
+                classes = sorted(set(session.scalars(
+                    select(Instance.sop_class_uid).where(Instance.series_id == job.series_id)))
+                    | {series.sop_class_uid})
+                if not any(is_volume_sop_class(uid) for uid in classes):
+                    job.transition(JobState.IGNORED, error_kind="not-a-volume-sop-class",
+                                   error_message=f"SOP class {', '.join(map(_describe, classes))}"
+                                                 " is not a CT/MR/PET image class that forms a "
+                                                 "volume: kept, not segmented")
+                    return []
             try:
                 facts = self._facts(session, job)
             except (JobError, OSError, pydicom.errors.InvalidDicomError) as exc:
@@ -425,6 +444,12 @@ class JobService:
 def _aware(moment: datetime) -> datetime:
     from datetime import timezone
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _describe(uid: str) -> str:
+    """``Name (uid)`` of a UID pydicom knows, else the bare UID."""
+    name = pydicom.uid.UID(uid).name
+    return f"{name} ({uid})" if name != uid else uid
 
 
 def _error_kind(exc: Exception) -> str:

@@ -48,7 +48,8 @@ def index_file(spool: Spool, relative: str) -> InstanceRecord:
     study, series = describe_instance(summary, str(meta.get("SourceApplicationEntityTitle", "")),
                                       sop_class)
     return InstanceRecord(study, series, str(meta.MediaStorageSOPInstanceUID), sop_class, syntax,
-                          summary.text("InstanceNumber") or None, relative, len(raw), None)
+                          summary.text("InstanceNumber") or None, relative, len(raw), None,
+                          summary.content_digest(syntax))
 
 
 def recover(spool: Spool, index: InstanceIndex, on_series_started: SeriesStarted) -> int:

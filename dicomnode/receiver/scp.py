@@ -5,15 +5,16 @@ Association policy (checked when the A-ASSOCIATE-RQ arrives): the source address
 lists are not empty) and the Called AE Title must be ours (``node.require_called_ae_title``).
 pynetdicom enforces ``node.max_associations``. Every association gets an audit row.
 
-C-STORE: an instance is answered 0x0000 only after its file is durable in the spool and its row
-is committed in the index. Failure statuses used (PS3.4 Annex B.2.3):
+C-STORE: an instance is answered 0x0000 only after it was checked completely
+(:mod:`dicomnode.receiver.dataset`), its file is durable in the spool and its row is committed
+in the index. Every refusal has a typed reason with its own status
+(:class:`dicomnode.receiver.errors.RejectKind`), is recorded in the index and logged; no path
+through the handler ends in pynetdicom's bare 0xC211.
 
-========  ===============================================================
-0xA700    Out of Resources: free disk below ``storage.min_free``
-0xA701    Out of Resources: the spool file could not be written
-0xA702    Out of Resources: the index row could not be written
-0xC000    Cannot Understand: truncated or malformed data set
-========  ===============================================================
+A resend is a *duplicate* only when its content digest (SOP class, study, series, transfer
+syntax, pixel bytes) equals the held copy's: it is acknowledged and counted, the first copy
+stays. Anything else under a held SOP Instance UID is a *conflict*: its bytes are kept under
+``spool/.conflicts/``, the held instance is untouched, and the sender gets 0xC010.
 """
 
 from __future__ import annotations
@@ -30,31 +31,41 @@ from io import BytesIO
 from typing import Any
 
 from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomnode.config import NodeConfig, StorageConfig
 from dicomnode.logs import log_event
-from dicomnode.receiver.dataset import DatasetSummary, inspect_dataset
-from dicomnode.receiver.errors import CorruptDataset, ReceiverError, RejectKind
+from dicomnode.receiver.dataset import Command, DatasetSummary, inspect_dataset
+from dicomnode.receiver.errors import AssociationEnd, CorruptDataset, ReceiverError, RejectKind
 from dicomnode.receiver.spool import Spool
-from dicomnode.store import IndexOutcome, InstanceIndex, InstanceRecord, SeriesKey, StudyKey
+from dicomnode.store import (IndexOutcome, InstanceIndex, InstanceRecord, SeriesKey,
+                             StudyKey)
 
 LOGGER = logging.getLogger("dicomnode.receiver")
 
 STATUS_SUCCESS = 0x0000
-STATUS_DISK_RESERVE = 0xA700
-STATUS_WRITE_FAILED = 0xA701
-STATUS_INDEX_FAILED = 0xA702
-STATUS_CANNOT_UNDERSTAND = 0xC000
 
 #: Seconds a graceful stop waits for open associations before aborting them.
 STOP_GRACE = 5.0
 
 #: Largest P-DATA PDU we accept; large PDUs mean fewer fragments to reassemble per instance.
 MAX_PDU_SIZE = 4 * 1024 * 1024
+#: Connections (negotiating or associated) pynetdicom may hold per association slot before it
+#: refuses on its own: bare connections are closed after ``node.acse_timeout`` and never
+#: count against ``node.max_associations``, but threads are not free.
+CONNECTIONS_PER_SLOT = 8
+#: Seconds between sweeps for associations that ended without any pynetdicom event.
+REAP_INTERVAL = 1.0
+#: Stripes of the per-SOP-Instance-UID lock (lookup, write and index of one UID are serial).
+UID_LOCK_STRIPES = 64
+#: A-ASSOCIATE-RJ (result, source, diagnostic) when every slot is taken: rejected-transient,
+#: service-provider (presentation), local-limit-exceeded (PS3.8 9.3.4).
+TOO_MANY = (0x02, 0x03, 0x02)
 
 SeriesStarted = Callable[[IndexOutcome], None]
 
@@ -117,6 +128,36 @@ def tls_context(node: NodeConfig) -> ssl.SSLContext | None:
     return context
 
 
+TLSFailure = Callable[[tuple[str, int], Exception], None]
+
+
+class AuditedTLSContext:
+    """The server's TLS context, so that a failed handshake is recorded: pynetdicom's server
+    (socketserver) drops the error silently. The handshake runs in the accepting thread, so it
+    gets ``node.acse_timeout`` seconds, not the listener's blocking default."""
+
+    def __init__(self, context: ssl.SSLContext, timeout: float, on_failure: TLSFailure):
+        self.context = context
+        self.timeout = timeout
+        self.on_failure = on_failure
+
+    def wrap_socket(self, sock: socket.socket, server_side: bool = True) -> ssl.SSLSocket:
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            peer = ("", 0)
+        previous = sock.gettimeout()
+        sock.settimeout(self.timeout)
+        try:
+            wrapped = self.context.wrap_socket(sock, server_side=server_side)
+        except OSError as exc:  # ssl.SSLError, a timeout, a reset
+            sock.close()
+            self.on_failure((str(peer[0]), int(peer[1])), exc)
+            raise
+        wrapped.settimeout(previous)
+        return wrapped
+
+
 class Receiver:
     """The C-ECHO/C-STORE SCP: association policy, spool writes, indexing, audit."""
 
@@ -130,7 +171,16 @@ class Receiver:
         self._networks = [ipaddress.ip_network(h, strict=False) for h in node.allowed_hosts]
         self._audit_ids: dict[Association, int] = {}
         self._audit_lock = threading.Lock()
+        #: Associations holding a slot (past EVT_REQUESTED, not yet ended).
+        self._slots: set[Association] = set()
+        #: Why the node itself aborts an association (read when it ends).
+        self._abort_reasons: dict[Association, AssociationEnd] = {}
+        #: Data-set bytes received so far of the message in flight, per association.
+        self._inflight: dict[Association, int] = {}
+        self._uid_locks = [threading.Lock() for _ in range(UID_LOCK_STRIPES)]
         self._server: Any = None
+        self._reaper_stop = threading.Event()
+        self._reaper: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -141,9 +191,11 @@ class Receiver:
         ae.add_supported_context(Verification)
         # Called AE title is checked in _on_requested so the rejection is audited.
         ae.require_called_aet = False
-        ae.maximum_associations = self.node.max_associations
+        # node.max_associations is enforced in _on_requested, on associations only.
+        ae.maximum_associations = self.node.max_associations * CONNECTIONS_PER_SLOT
         ae.network_timeout = self.node.network_timeout
-        ae.acse_timeout = self.node.network_timeout
+        # As acceptor, pynetdicom waits acse_timeout for the A-ASSOCIATE-RQ (and for release).
+        ae.acse_timeout = self.node.acse_timeout
         ae.dimse_timeout = self.node.network_timeout
         ae.maximum_pdu_size = MAX_PDU_SIZE
         return ae
@@ -155,18 +207,27 @@ class Receiver:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_RELEASED, self._on_ended, ["released"]),
-            (evt.EVT_ABORTED, self._on_ended, ["aborted"]),
-            (evt.EVT_CONN_CLOSE, self._on_ended, ["aborted"]),
+            (evt.EVT_RELEASED, self._on_ended, ["released", AssociationEnd.RELEASED]),
+            (evt.EVT_ABORTED, self._on_ended, ["aborted", AssociationEnd.ABORTED_BY_PEER]),
+            (evt.EVT_CONN_CLOSE, self._on_ended,
+             ["aborted", AssociationEnd.CONNECTION_CLOSED]),
+            (evt.EVT_PDU_RECV, self._on_pdu),
             (evt.EVT_C_STORE, self._on_store),
         ]
+        context = tls_context(self.node)
+        audited = (AuditedTLSContext(context, self.node.acse_timeout, self._on_tls_failure)
+                   if context is not None else None)
         try:
             self._server = self.build_ae().start_server(
                 (self.node.host, self.node.port), block=False, evt_handlers=handlers,
-                ssl_context=tls_context(self.node))
+                ssl_context=audited)  # type: ignore[arg-type]
         except OSError as exc:
             raise ReceiverError(f"cannot listen on {self.node.host}:{self.node.port}: "
                                 f"{exc.strerror or exc}") from exc
+        self._reaper_stop.clear()
+        self._reaper = threading.Thread(target=self._reap, name="association-reaper",
+                                        daemon=True)
+        self._reaper.start()
         log_event(LOGGER, "receiver.listening", ae_title=self.node.ae_title,
                   host=self.node.host, port=self.node.port, tls=self.node.tls.enabled)
 
@@ -186,6 +247,7 @@ class Receiver:
         if server is None:
             return
         server.shutdown()  # no new associations; open ones go on in their threads
+        self._reaper_stop.set()
         open_associations = []
         for assoc in server.ae.active_associations:
             if not assoc.is_acceptor:
@@ -202,8 +264,12 @@ class Receiver:
             assoc.join(max(0.0, deadline - time.monotonic()))
         for assoc in open_associations:
             if assoc.is_alive():
+                self._abort_reasons[assoc] = AssociationEnd.NODE_STOPPING
                 assoc.abort()
                 assoc.join(STOP_GRACE)
+        if self._reaper is not None:
+            self._reaper.join(STOP_GRACE)
+        self._reap_once(AssociationEnd.NODE_STOPPING)
 
     # -- association policy and audit --------------------------------------------------------
 
@@ -233,14 +299,19 @@ class Receiver:
         called = request.primitive.called_ae_title.strip()
         address, port = request.address, request.port
         refusal = self._refusal(calling, called, address)
+        answer = (0x01, 0x01)  # rejected-permanent, by the service user
         if refusal is None:
-            return
+            with self._audit_lock:
+                if len(self._slots) < self.node.max_associations:
+                    self._slots.add(assoc)
+                    return
+            refusal, answer = ("too-many-associations", TOO_MANY[2]), TOO_MANY[:2]
         reason, diagnostic = refusal
         # Audited before the answer, so the row exists once the peer knows it was refused.
         self.index.open_association(calling_ae_title=calling, called_ae_title=called,
                                     address=address, port=port, tls=self.node.tls.enabled,
                                     outcome="rejected", reason=reason)
-        assoc.acse.send_reject(0x01, 0x01, diagnostic)  # rejected-permanent, by the service user
+        assoc.acse.send_reject(answer[0], answer[1], diagnostic)
         # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is on the
         # wire before the connection is closed, or the peer only sees an abort.
         assoc.kill()
@@ -248,7 +319,7 @@ class Receiver:
                   calling_ae_title=calling, called_ae_title=called, address=address)
 
     def _on_rejected(self, event: evt.Event) -> None:
-        # Only pynetdicom's own refusal reaches here: too many concurrent associations.
+        # Only pynetdicom's own refusal reaches here: too many connections in all.
         request = event.assoc.requestor
         self.index.open_association(
             calling_ae_title=request.primitive.calling_ae_title.strip(),
@@ -267,32 +338,142 @@ class Receiver:
             self._audit_ids[event.assoc] = audit_id
         log_event(LOGGER, "association.accepted", association=audit_id,
                   calling_ae_title=request.ae_title.strip(), address=request.address)
+        for context in event.assoc.rejected_contexts:
+            self._record_rejected_context(audit_id, context)
 
-    def _on_ended(self, event: evt.Event, outcome: str) -> None:
+    def _record_rejected_context(self, audit_id: int, context: Any) -> None:
+        """A presentation context we refused: not a storage SOP class (a DICOMDIR, a query
+        model...) or no transfer syntax we know. The sender cannot use it; say why."""
+        abstract = str(context.abstract_syntax)
+        kind = (RejectKind.UNSUPPORTED_TRANSFER_SYNTAX if context.result == 0x04
+                else RejectKind.UNSUPPORTED_SOP_CLASS)
+        name = UID(abstract).name
+        if kind is RejectKind.UNSUPPORTED_TRANSFER_SYNTAX:
+            message = (f"presentation context for {name} refused: none of the transfer syntaxes "
+                       f"{', '.join(map(str, context.transfer_syntax))} is supported")
+        else:
+            message = (f"presentation context for {name} ({abstract}) refused: not a storage "
+                       "SOP class (the node is a C-STORE and C-ECHO SCP only)")
+        self._record(audit_id, None, abstract, kind, message)
+
+    def _on_ended(self, event: evt.Event, outcome: str, reason: AssociationEnd) -> None:
+        self._end(event.assoc, outcome, reason)
+
+    def _end(self, assoc: Association, outcome: str, reason: AssociationEnd) -> None:
         with self._audit_lock:
-            audit_id = self._audit_ids.pop(event.assoc, None)
+            audit_id = self._audit_ids.pop(assoc, None)
+            self._slots.discard(assoc)
+            self._inflight.pop(assoc, None)
+            reason = self._abort_reasons.pop(assoc, reason)
         if audit_id is not None:
-            self.index.close_association(audit_id, outcome)
-            log_event(LOGGER, f"association.{outcome}", association=audit_id)
+            try:
+                self.index.close_association(audit_id, outcome, reason.value)
+            except SQLAlchemyError:
+                LOGGER.exception("cannot close the association's audit row")
+            log_event(LOGGER, f"association.{outcome}", association=audit_id,
+                      reason=reason.value)
+
+    def _reap(self) -> None:
+        while not self._reaper_stop.wait(REAP_INTERVAL):
+            self._reap_once(AssociationEnd.PROTOCOL_ERROR)
+
+    def _reap_once(self, reason: AssociationEnd) -> None:
+        """End the audit of associations whose thread is gone without a release or abort
+        event (pynetdicom drops a connection on an invalid PDU without one)."""
+        with self._audit_lock:
+            dead = [a for a in (*self._audit_ids, *self._slots) if not a.is_alive()]
+        for assoc in dead:
+            self._end(assoc, "aborted", reason)
+
+    def _on_tls_failure(self, peer: tuple[str, int], exc: Exception) -> None:
+        detail = f"{type(exc).__name__}: {exc}"
+        try:
+            self.index.open_association(calling_ae_title="", called_ae_title="",
+                                        address=peer[0], port=peer[1], tls=True,
+                                        outcome="rejected", reason="tls-handshake-failed",
+                                        detail=detail[:2000])
+        except SQLAlchemyError:
+            LOGGER.exception("cannot record the TLS handshake failure")
+        log_event(LOGGER, "association.tls_failed", logging.WARNING, address=peer[0],
+                  port=peer[1], reason=detail)
+
+    def _on_pdu(self, event: evt.Event) -> None:
+        """Bound the data set being received: abort once it exceeds storage.max_instance_size
+        (pynetdicom assembles a whole message in memory before the C-STORE handler runs)."""
+        pdu = event.pdu
+        if not isinstance(pdu, P_DATA_TF):
+            return
+        assoc = event.assoc
+        for item in pdu.presentation_data_value_items:
+            data = item.presentation_data_value
+            if not data or data[0] & 0x01:  # a command fragment
+                continue
+            total = self._inflight.get(assoc, 0) + len(data) - 1
+            if data[0] & 0x02:  # the data set's last fragment: the handler takes it from here
+                self._inflight.pop(assoc, None)
+            else:
+                self._inflight[assoc] = total
+            if total > self.storage.max_instance_size:
+                self._inflight.pop(assoc, None)
+                self._record(self._audit_ids.get(assoc), None, None, RejectKind.TOO_LARGE,
+                             f"more than {self.storage.max_instance_size} bytes of one data set "
+                             "received (storage.max_instance_size): association aborted")
+                self._abort_from_reactor(assoc)
+                return
+
+    def _abort_from_reactor(self, assoc: Association) -> None:
+        """A-ABORT from inside the association's own reactor thread (Association.abort()
+        would wait for that thread): send the PDU, then drop the connection."""
+        self._abort_reasons[assoc] = AssociationEnd.INSTANCE_TOO_LARGE
+        transport = assoc.dul.socket
+        if transport is None:
+            return
+        abort = A_ABORT_RQ()
+        abort.source, abort.reason_diagnostic = 0x02, 0x00
+        try:
+            transport.send(abort.encode())
+        except OSError:
+            pass
+        transport.close()
 
     # -- C-STORE -----------------------------------------------------------------------------
 
-    def _refuse(self, audit_id: int | None, sop_uid: str | None, sop_class: str | None,
-                kind: RejectKind, message: str, status: int,
-                keep: list[bytes] | None = None) -> int:
-        quarantine = self.spool.keep_rejected(keep) if keep else None
+    def _record(self, audit_id: int | None, sop_uid: str | None, sop_class: str | None,
+                kind: RejectKind, message: str, kept: str | None = None) -> int:
+        """Record and log a refusal; return its status."""
         try:
             self.index.add_rejection(association_id=audit_id, sop_instance_uid=sop_uid,
                                      sop_class_uid=sop_class, kind=kind.value, message=message,
-                                     status=status, quarantine_path=quarantine)
+                                     status=kind.status, quarantine_path=kept)
         except SQLAlchemyError:
             LOGGER.exception("cannot record the rejection")
         log_event(LOGGER, "store.refused", logging.WARNING, association=audit_id,
-                  sop_instance_uid=sop_uid, kind=kind.value, status=f"0x{status:04X}",
-                  reason=message)
-        return status
+                  sop_instance_uid=sop_uid, kind=kind.value, status=f"0x{kind.status:04X}",
+                  reason=message, kept=kept)
+        return kind.status
+
+    def _refuse(self, audit_id: int | None, sop_uid: str | None, sop_class: str | None,
+                kind: RejectKind, message: str, keep: list[bytes] | None = None) -> int:
+        """Refuse an instance; its bytes go to the (bounded) quarantine when given."""
+        kept = self.spool.keep_rejected(keep) if keep else None
+        return self._record(audit_id, sop_uid, sop_class, kind, message, kept)
 
     def _on_store(self, event: evt.Event) -> int:
+        try:
+            return self._store(event)
+        except Exception as exc:  # noqa: BLE001 - never pynetdicom's bare 0xC211
+            LOGGER.exception("C-STORE handler failed")
+            request = event.request
+            try:
+                chunks: list[bytes] | None = [event.encoded_dataset(include_meta=False)]
+            except Exception:  # noqa: BLE001 - keep what can be kept
+                chunks = None
+            return self._refuse(self._audit_ids.get(event.assoc),
+                                str(request.AffectedSOPInstanceUID or "") or None,
+                                str(request.AffectedSOPClassUID or "") or None,
+                                RejectKind.INTERNAL, f"{type(exc).__name__}: {exc}", keep=chunks)
+
+    def _store(self, event: evt.Event) -> int:
         started = time.perf_counter()
         audit_id = self._audit_ids.get(event.assoc)
         request = event.request
@@ -300,17 +481,12 @@ class Receiver:
         sop_class = str(request.AffectedSOPClassUID or "").strip()
         if not sop_uid:
             return self._refuse(audit_id, None, sop_class, RejectKind.MISSING_UID,
-                                "the C-STORE request has no Affected SOP Instance UID",
-                                STATUS_CANNOT_UNDERSTAND)
+                                "the C-STORE request has no Affected SOP Instance UID")
         free = self.spool.free_bytes()
         if free < self.storage.min_free:
             return self._refuse(audit_id, sop_uid, sop_class, RejectKind.DISK_RESERVE,
                                 f"{free} bytes free on the spool, storage.min_free is "
-                                f"{self.storage.min_free}", STATUS_DISK_RESERVE)
-        if self.index.find_instance(sop_uid) is not None:
-            self.index.count_duplicate(sop_uid, audit_id)
-            log_event(LOGGER, "store.duplicate", association=audit_id, sop_instance_uid=sop_uid)
-            return STATUS_SUCCESS
+                                f"{self.storage.min_free}")
 
         encoded = event.encoded_dataset(include_meta=False)
         meta = event.file_meta
@@ -322,33 +498,67 @@ class Receiver:
         chunks = [header.getvalue(), encoded]
         syntax = str(meta.TransferSyntaxUID)
         try:
-            summary = inspect_dataset(encoded, syntax)
+            summary = inspect_dataset(encoded, syntax, Command(sop_uid, sop_class),
+                                      max_size=self.storage.max_instance_size,
+                                      uid_policy=self.node.uid_validation)
         except CorruptDataset as exc:
-            return self._refuse(audit_id, sop_uid, sop_class, exc.kind, str(exc),
-                                STATUS_CANNOT_UNDERSTAND, keep=chunks)
+            # A bomb's bytes are not worth keeping (and may not fit the quarantine).
+            keep = None if exc.kind is RejectKind.TOO_LARGE else chunks
+            return self._refuse(audit_id, sop_uid, sop_class, exc.kind, str(exc), keep=keep)
+        if summary.lenient_uids:
+            log_event(LOGGER, "store.uid_lenient", logging.WARNING, association=audit_id,
+                      sop_instance_uid=sop_uid, uids=list(summary.lenient_uids))
 
         study, series = describe_instance(summary, calling, sop_class)
-        relative = self.spool.relative_path(study.study_instance_uid,
-                                            series.series_instance_uid, sop_uid)
-        try:
-            size = self.spool.write(relative, chunks)
-        except OSError as exc:
-            return self._refuse(audit_id, sop_uid, sop_class, RejectKind.WRITE_FAILED,
-                                f"cannot write {relative}: {exc.strerror or exc}",
-                                STATUS_WRITE_FAILED)
-        record = InstanceRecord(study, series, sop_uid, sop_class, syntax,
-                                summary.text("InstanceNumber") or None, relative, size, audit_id)
-        try:
-            outcome = self.index.add_instance(record)
-        except SQLAlchemyError as exc:
-            return self._refuse(audit_id, sop_uid, sop_class, RejectKind.INDEX_FAILED,
-                                f"cannot index the instance: {exc}", STATUS_INDEX_FAILED)
+        digest = summary.content_digest(syntax)
+        with self._uid_locks[hash(sop_uid) % UID_LOCK_STRIPES]:
+            held = self.index.find_instance(sop_uid)
+            if held is not None:
+                return self._resent(audit_id, sop_uid, sop_class, series, held.content_digest,
+                                    digest, chunks)
+            relative = self.spool.relative_path(study.study_instance_uid,
+                                                series.series_instance_uid, sop_uid)
+            try:
+                size = self.spool.write(relative, chunks)
+            except OSError as exc:
+                return self._refuse(audit_id, sop_uid, sop_class, RejectKind.WRITE_FAILED,
+                                    f"cannot write {relative}: {exc.strerror or exc}")
+            record = InstanceRecord(study, series, sop_uid, sop_class, syntax,
+                                    summary.text("InstanceNumber") or None, relative, size,
+                                    audit_id, digest)
+            try:
+                outcome = self.index.add_instance(record)
+            except SQLAlchemyError as exc:
+                return self._refuse(audit_id, sop_uid, sop_class, RejectKind.INDEX_FAILED,
+                                    f"cannot index the instance: {exc}")
+        if not outcome.inserted:
+            return self._resent(audit_id, sop_uid, sop_class, series, outcome.held_digest,
+                                digest, chunks)
         if outcome.arm_timer:
             self.on_series_started(outcome)
         log_event(LOGGER, "store.accepted", logging.DEBUG, association=audit_id,
                   sop_instance_uid=sop_uid, series_instance_uid=series.series_instance_uid,
                   bytes=size, ms=round((time.perf_counter() - started) * 1000, 2))
         return STATUS_SUCCESS
+
+    def _resent(self, audit_id: int | None, sop_uid: str, sop_class: str, series: SeriesKey,
+                held_digest: str | None, digest: str, chunks: list[bytes]) -> int:
+        """An instance under a SOP Instance UID already held: a duplicate (same content,
+        acknowledged and counted) or a conflict (kept aside, refused)."""
+        if held_digest is None or held_digest == digest:  # NULL: indexed by an older version
+            self.index.count_duplicate(sop_uid, audit_id)
+            log_event(LOGGER, "store.duplicate", association=audit_id, sop_instance_uid=sop_uid)
+            return STATUS_SUCCESS
+        try:
+            kept = self.spool.keep_conflict(sop_uid, digest, chunks)
+        except OSError as exc:
+            return self._refuse(audit_id, sop_uid, sop_class, RejectKind.WRITE_FAILED,
+                                f"cannot keep a conflicting object: {exc.strerror or exc}")
+        return self._record(audit_id, sop_uid, sop_class, RejectKind.UID_CONFLICT,
+                            f"a different object (SOP class {sop_class}, series "
+                            f"{series.series_instance_uid}) under the SOP Instance UID of an "
+                            f"instance already held; the held one is unchanged, this one is "
+                            f"kept at spool/{kept}", kept)
 
 
 def _close_transport(assoc: Association) -> None:

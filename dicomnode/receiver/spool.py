@@ -13,13 +13,26 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class QuarantineLimits:
+    """``storage.quarantine_max`` bytes and ``storage.quarantine_days``."""
+
+    max_bytes: int
+    max_age_seconds: float
 
 #: Folder (inside the spool) for files being written.
 INCOMING = ".incoming"
-#: Folder (inside the spool) keeping refused data sets for inspection.
+#: Folder (inside the spool) keeping refused data sets for inspection (bounded).
 QUARANTINE = ".quarantine"
+#: Folder (inside the spool) keeping every different object sent under the SOP Instance UID
+#: of one already held, ``<sop>.<digest>.dcm``: durable and never purged automatically.
+CONFLICTS = ".conflicts"
 
 _SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
 
@@ -51,23 +64,39 @@ def fsync_folder(folder: Path) -> None:
 class Spool:
     """Durable file storage of received instances under one root folder."""
 
-    def __init__(self, root: Path, *, fsync: bool = True):
+    def __init__(self, root: Path, *, fsync: bool = True,
+                 quarantine_limits: QuarantineLimits | None = None):
         self.root = root
         self.fsync = fsync
         self.incoming = root / INCOMING
         self.quarantine = root / QUARANTINE
+        self.conflicts = root / CONFLICTS
+        self.quarantine_limits = quarantine_limits or QuarantineLimits(1024**3, 30 * 86400)
+        self._quarantine_lock = threading.Lock()
+        #: Quarantined files, oldest first: (mtime, size, path); known once prepare() ran.
+        self._quarantined: list[tuple[float, int, Path]] = []
         # Folders known to exist and be durable; avoids a mkdir + sync per instance.
         self._known_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
 
     def prepare(self) -> int:
         """Create the folders and drop partial files left by a crash; return how many."""
-        for folder in (self.root, self.incoming, self.quarantine):
+        for folder in (self.root, self.incoming, self.quarantine, self.conflicts):
             folder.mkdir(parents=True, exist_ok=True)
         removed = 0
         for leftover in self.incoming.iterdir():
             leftover.unlink(missing_ok=True)
             removed += 1
+        with self._quarantine_lock:
+            entries = []
+            for path in self.quarantine.iterdir():
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue
+                entries.append((stat.st_mtime, stat.st_size, path))
+            self._quarantined = sorted(entries)
+            self._trim_quarantine(0)
         return removed
 
     def free_bytes(self) -> int:
@@ -127,12 +156,45 @@ class Spool:
             self._known_dirs.add(folder)
 
     def keep_rejected(self, chunks: list[bytes]) -> str | None:
-        """Keep a refused data set under ``.quarantine/`` (best effort, not synced)."""
-        name = f"{uuid.uuid4().hex}.dcm"
-        try:
-            with open(self.quarantine / name, "wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
-        except OSError:
-            return None
-        return f"{QUARANTINE}/{name}"
+        """Keep a refused data set under ``.quarantine/`` (best effort, not synced), within
+        the quarantine limits: older files go first; one larger than the limit is not kept.
+        Returns the path relative to the spool, or None when nothing was kept."""
+        size = sum(len(chunk) for chunk in chunks)
+        with self._quarantine_lock:
+            if size > self.quarantine_limits.max_bytes:
+                return None
+            self._trim_quarantine(size)
+            path = self.quarantine / f"{uuid.uuid4().hex}.dcm"
+            try:
+                with open(path, "wb") as handle:
+                    for chunk in chunks:
+                        handle.write(chunk)
+            except OSError:
+                path.unlink(missing_ok=True)
+                return None
+            self._quarantined.append((time.time(), size, path))
+        return f"{QUARANTINE}/{path.name}"
+
+    def quarantine_usage(self) -> tuple[int, int]:
+        """(files, bytes) held in the quarantine."""
+        with self._quarantine_lock:
+            return len(self._quarantined), sum(size for _, size, _ in self._quarantined)
+
+    def _trim_quarantine(self, room: int) -> None:
+        """Drop expired files, then the oldest until ``room`` more bytes fit (lock held)."""
+        limits = self.quarantine_limits
+        cutoff = time.time() - limits.max_age_seconds
+        total = sum(size for _, size, _ in self._quarantined)
+        while self._quarantined and (self._quarantined[0][0] < cutoff
+                                     or total + room > limits.max_bytes):
+            _, size, path = self._quarantined.pop(0)
+            path.unlink(missing_ok=True)
+            total -= size
+
+    def keep_conflict(self, sop_uid: str, digest: str, chunks: list[bytes]) -> str:
+        """Keep, durably, an object that differs from the one held under its SOP Instance
+        UID; the same object sent again lands on the same file. Raises OSError."""
+        relative = f"{CONFLICTS}/{safe_name(sop_uid)}.{digest[:32]}.dcm"
+        if not (self.root / relative).exists():
+            self.write(relative, chunks)
+        return relative

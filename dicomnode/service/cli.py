@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from dicomnode.service.node import spool_root
     from dicomnode.service.status import collect_status, format_status
     from dicomnode.store import create_schema, make_engine
 
@@ -33,7 +34,7 @@ def _status(args: argparse.Namespace) -> int:
     engine = make_engine(config.storage.resolved_database_url())
     try:
         create_schema(engine)
-        status = collect_status(engine)
+        status = collect_status(engine, spool_root(config))
     finally:
         engine.dispose()
     if args.json:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
 import threading
 import time
@@ -18,8 +20,9 @@ from dicomnode.jobs.executor import Executor
 from dicomnode.jobs.processing import PipelineProcessor
 from dicomnode.jobs.service import JobService
 from dicomnode.logs import log_event
-from dicomnode.receiver import Receiver, Spool
+from dicomnode.receiver import Receiver, ReceiverError, Spool
 from dicomnode.receiver.recovery import mark_clean, recover
+from dicomnode.receiver.spool import QuarantineLimits
 from dicomnode.store import InstanceIndex, create_schema, make_engine
 
 #: Seconds without an open association before each warm-up step runs.
@@ -28,9 +31,44 @@ WARM_UP_IDLE = 2.0
 LOGGER = logging.getLogger("dicomnode.service")
 
 
+#: The lock file in ``storage.path`` that one running node holds.
+LOCK_FILE = "dicomnode.lock"
+
+
 def spool_root(config: Config) -> Path:
     """The spool folder: ``<storage.path>/spool``."""
     return config.storage.path / "spool"
+
+
+class StorageLock:
+    """An exclusive lock on ``storage.path``, held for the node's whole life, so a second
+    ``serve`` on the same storage stops before it touches the spool or the database (start-up
+    recovery would otherwise cut off the first node's associations). The kernel releases it
+    when the process dies, even by ``kill -9``."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ReceiverError(f"another dicomnode (pid {holder}) is running on storage.path "
+                                f"{self.path.parent.resolve()}; stop it first or give this one "
+                                "its own storage.path") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
 
 
 class Node:
@@ -43,7 +81,9 @@ class Node:
         fsync = config.storage.fsync
         self.write_engine: Engine = make_engine(url, immediate=True)
         self.scheduler_engine: Engine = make_engine(url)
-        self.spool = Spool(spool_root(config), fsync=fsync)
+        self.lock = StorageLock(config.storage.path)
+        self.spool = Spool(spool_root(config), fsync=fsync, quarantine_limits=QuarantineLimits(
+            config.storage.quarantine_max, config.storage.quarantine_days * 86400))
         self.index = InstanceIndex(self.write_engine)
         self.assembler = Assembler(self.write_engine, self.scheduler_engine,
                                    config.assembly.series_timeout)
@@ -57,7 +97,8 @@ class Node:
         self._stopping = threading.Event()
 
     def start(self) -> None:
-        """Recover from any crash, then start timers and listen."""
+        """Take the storage lock, recover from any crash, then start timers and listen."""
+        self.lock.acquire()
         create_schema(self.write_engine)
         partial = self.spool.prepare()
         cut_off = self.index.close_open_associations()
@@ -101,6 +142,7 @@ class Node:
         self.executor.stop()
         self.write_engine.dispose()
         self.scheduler_engine.dispose()
+        self.lock.release()
         log_event(LOGGER, "node.stopped")
 
     def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:

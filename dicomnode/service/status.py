@@ -17,7 +17,9 @@ The JSON shape (``dicomnode status --json``)::
                        "called_ae_title", "address", "started_at", "ended_at", "outcome",
                        "reason", "instances_stored", "duplicates", "failures"}]},
       "rejections": {"total", "by_kind": {kind: n}, "recent": [{"received_at",
-                     "sop_instance_uid", "sop_class_uid", "kind", "status", "message"}]}
+                     "sop_instance_uid", "sop_class_uid", "kind", "status", "message",
+                     "kept"}]},
+      "quarantine": {"files", "bytes"},  "conflicts": {"files", "bytes"}   (spool folders)
     }
 
 Times are ISO 8601 UTC. No patient names or IDs are shown.
@@ -26,6 +28,7 @@ Times are ISO 8601 UTC. No patient names or IDs are shown.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, select
@@ -44,8 +47,23 @@ def _time(moment: datetime | None) -> str | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).isoformat()
 
 
-def collect_status(engine: Engine) -> dict[str, Any]:
-    """Everything ``dicomnode status`` shows, as plain JSON-able data."""
+def _folder_usage(folder: Path | None) -> dict[str, int]:
+    files = size = 0
+    if folder is not None and folder.is_dir():
+        for path in folder.iterdir():
+            try:
+                size += path.stat().st_size
+                files += 1
+            except OSError:
+                continue  # purged meanwhile
+    return {"files": files, "bytes": size}
+
+
+def collect_status(engine: Engine, spool: Path | None = None) -> dict[str, Any]:
+    """Everything ``dicomnode status`` shows, as plain JSON-able data; ``spool`` (the spool
+    root) adds what the quarantine and conflict folders hold."""
+    from dicomnode.receiver.spool import CONFLICTS, QUARANTINE
+
     with Session(engine) as session:
         series = session.scalars(select(Series).order_by(Series.first_received_at)).all()
         uid_of = {s.id: s.series_instance_uid for s in series}
@@ -100,7 +118,7 @@ def collect_status(engine: Engine) -> dict[str, Any]:
                     "id": a.id, "calling_ae_title": a.calling_ae_title,
                     "called_ae_title": a.called_ae_title, "address": a.address,
                     "started_at": _time(a.started_at), "ended_at": _time(a.ended_at),
-                    "outcome": a.outcome, "reason": a.reason,
+                    "outcome": a.outcome, "reason": a.reason, "detail": a.detail,
                     "instances_stored": a.instances_stored, "duplicates": a.duplicates,
                     "failures": a.failures,
                 } for a in recent_assocs],
@@ -111,8 +129,11 @@ def collect_status(engine: Engine) -> dict[str, Any]:
                     "received_at": _time(r.received_at), "sop_instance_uid": r.sop_instance_uid,
                     "sop_class_uid": r.sop_class_uid, "kind": r.kind,
                     "status": f"0x{r.status:04X}", "message": r.message,
+                    "kept": r.quarantine_path,
                 } for r in recent_rejects],
             },
+            "quarantine": _folder_usage(spool / QUARANTINE if spool else None),
+            "conflicts": _folder_usage(spool / CONFLICTS if spool else None),
         }
 
 
@@ -159,6 +180,9 @@ def format_status(status: dict[str, Any]) -> str:
     rej = status["rejections"]
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(rej["by_kind"].items())) or "none"
     parts.append(f"\nRefused instances ({rej['total']}): {kinds}")
+    quarantine, conflicts = status["quarantine"], status["conflicts"]
+    parts.append(f"  quarantine: {quarantine['files']} files, {quarantine['bytes']} bytes; "
+                 f"conflicts kept: {conflicts['files']} files, {conflicts['bytes']} bytes")
     for r in rej["recent"][:5]:
         parts.append(f"  {r['received_at']} {r['status']} {r['kind']} "
                      f"{r['sop_instance_uid'] or '-'}: {r['message']}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.store.models import Base
@@ -69,9 +69,19 @@ def make_engine(url: str, *, fsync: bool = True, immediate: bool = False) -> Eng
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables (idempotent)."""
+    """Create missing tables, and add the nullable columns a newer version introduced to
+    tables an older one created (idempotent)."""
     try:
         Base.metadata.create_all(engine)
+        with engine.begin() as conn:
+            existing = inspect(conn)
+            for table in Base.metadata.sorted_tables:
+                have = {c["name"] for c in existing.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in have and column.nullable:
+                        kind = column.type.compile(dialect=engine.dialect)
+                        conn.exec_driver_sql(
+                            f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}')
     except Exception as exc:  # noqa: BLE001 - surfaced as one typed error for the CLI
         raise DatabaseError(f"cannot create the index tables at {engine.url!r}: {exc}") from exc
 

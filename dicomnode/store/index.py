@@ -61,16 +61,28 @@ class InstanceRecord:
     path: str
     size: int
     association_id: int | None
+    content_digest: str | None = None
 
 
 @dataclass(frozen=True)
 class IndexOutcome:
     """What indexing did: ``arm_timer`` is True when the series started (or restarted)
-    receiving and so needs a completion timer."""
+    receiving and so needs a completion timer. ``inserted`` is False when another copy was
+    indexed first; ``held_digest`` is then that copy's content digest."""
 
     series_id: int
     series_instance_uid: str
     arm_timer: bool
+    inserted: bool = True
+    held_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class HeldInstance:
+    """An instance already in the index, as a resend is compared with it."""
+
+    path: str
+    content_digest: str | None
 
 
 def _insert(conn: Connection, table: object) -> Insert:
@@ -85,11 +97,12 @@ class InstanceIndex:
         #: An engine whose transactions take the write lock at BEGIN (see database.py).
         self.engine = engine
 
-    def find_instance(self, sop_instance_uid: str) -> str | None:
-        """Spool path of an instance already held, or None."""
+    def find_instance(self, sop_instance_uid: str) -> HeldInstance | None:
+        """The instance held under a SOP Instance UID, or None."""
         with self.engine.connect() as conn:
-            return conn.execute(select(_instances.c.path).where(
-                _instances.c.sop_instance_uid == sop_instance_uid)).scalar_one_or_none()
+            row = conn.execute(select(_instances.c.path, _instances.c.content_digest).where(
+                _instances.c.sop_instance_uid == sop_instance_uid)).first()
+        return None if row is None else HeldInstance(row.path, row.content_digest)
 
     def known_paths(self) -> set[str]:
         """Spool paths of every indexed instance (start-up recovery compares the spool)."""
@@ -130,13 +143,14 @@ class InstanceIndex:
                     transfer_syntax_uid=record.transfer_syntax_uid,
                     instance_number=record.instance_number, path=record.path, size=record.size,
                     received_at=now, receive_count=1, association_id=record.association_id,
+                    content_digest=record.content_digest,
                 ).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
             ).rowcount
-            if not inserted:  # another association indexed it first: a resend
-                conn.execute(update(_instances)
-                             .where(_instances.c.sop_instance_uid == record.sop_instance_uid)
-                             .values(receive_count=_instances.c.receive_count + 1))
-                return IndexOutcome(series_id, record.series.series_instance_uid, False)
+            if not inserted:  # indexed first by another path (recovery): the caller decides
+                held = conn.execute(select(_instances.c.content_digest).where(
+                    _instances.c.sop_instance_uid == record.sop_instance_uid)).scalar()
+                return IndexOutcome(series_id, record.series.series_instance_uid, False,
+                                    inserted=False, held_digest=held)
             reopened = previous_state != "receiving"
             values: dict[str, object] = {
                 "instance_count": _series.c.instance_count + 1, "last_received_at": now}
@@ -187,7 +201,7 @@ class InstanceIndex:
 
     def open_association(self, *, calling_ae_title: str, called_ae_title: str, address: str,
                          port: int | None, tls: bool, outcome: str = "open",
-                         reason: str | None = None) -> int:
+                         reason: str | None = None, detail: str | None = None) -> int:
         """Start the audit row of an association; rejected ones are closed at once."""
         now = utcnow()
         with self.engine.begin() as conn:
@@ -195,16 +209,18 @@ class InstanceIndex:
                 calling_ae_title=calling_ae_title, called_ae_title=called_ae_title,
                 address=address, port=port, tls=tls, started_at=now,
                 ended_at=None if outcome == "open" else now, outcome=outcome, reason=reason,
-                instances_stored=0, duplicates=0, failures=0))
+                detail=detail, instances_stored=0, duplicates=0, failures=0))
             return int(result.inserted_primary_key[0])
 
-    def close_association(self, association_id: int, outcome: str) -> None:
-        """Finish the audit row: ``released`` or ``aborted``."""
+    def close_association(self, association_id: int, outcome: str, reason: str,
+                          detail: str | None = None) -> None:
+        """Finish the audit row: ``released`` or ``aborted``, and why."""
         with self.engine.begin() as conn:
             conn.execute(update(_associations)
                          .where(_associations.c.id == association_id,
                                 _associations.c.outcome == "open")
-                         .values(outcome=outcome, ended_at=utcnow()))
+                         .values(outcome=outcome, reason=reason, detail=detail,
+                                 ended_at=utcnow()))
 
     def close_open_associations(self) -> int:
         """After a crash, associations still ``open`` were cut off: mark them ``aborted``."""

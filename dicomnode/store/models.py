@@ -94,6 +94,10 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     #: How many times the instance was received (resends are acknowledged and counted).
     receive_count: Mapped[int] = mapped_column(Integer, default=1)
+    #: What makes a resend a duplicate rather than a conflict (SOP class, study, series,
+    #: transfer syntax, pixel bytes; ``DatasetSummary.content_digest``). NULL for rows of
+    #: older versions: their resends count as duplicates.
+    content_digest: Mapped[str | None] = mapped_column(String(64))
     association_id: Mapped[int | None] = mapped_column(ForeignKey("associations.id"))
 
 
@@ -112,8 +116,11 @@ class Association(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: ``open``, ``released``, ``aborted`` or ``rejected``.
     outcome: Mapped[str] = mapped_column(String(16), default="open", index=True)
-    #: Why an association was rejected (``calling-ae-not-allowed``, ``host-not-allowed``...).
+    #: Why an association was rejected or ended (``calling-ae-not-allowed``,
+    #: ``released-by-peer``, ``protocol-error``... see ``receiver.errors``).
     reason: Mapped[str | None] = mapped_column(String(64))
+    #: More words on the reason, for a person (a TLS error, the refused contexts...).
+    detail: Mapped[str | None] = mapped_column(Text)
     instances_stored: Mapped[int] = mapped_column(Integer, default=0)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)

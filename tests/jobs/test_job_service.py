@@ -7,6 +7,7 @@ purging. The end-to-end tests run the real nnU-Net path.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -17,10 +18,16 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy.orm import sessionmaker
 
+from converters.volume import (
+    NotAVolumeSopClassError,
+    UnsupportedMosaicError,
+    UnsupportedTransferSyntaxError,
+    VolumeError,
+)
 from dicomnode.assembler import Assembler
 from dicomnode.config import Config, parse_config
 from dicomnode.jobs.models import Delivery, DeliveryState, JobState
-from dicomnode.jobs.service import JobError, JobService, SeriesIdentity, backoff
+from dicomnode.jobs.service import JobError, JobService, SeriesIdentity, _error_kind, backoff
 from dicomnode.store import create_schema, make_engine
 from dicomnode.store.models import Instance, Job, Series, Study, utcnow
 from tests.shared_data import EXAMPLE_CT_DICOM
@@ -84,20 +91,26 @@ class World:
         self.service = JobService(self.config, self.sessions, self.spool, self.processor)
 
     def add_series(self, modality: str = "CT", image_type: str = "ORIGINAL\\PRIMARY\\AXIAL",
-                   is_image: bool = True, slices: int = 3) -> int:
-        """Spool ``slices`` real CT slices under new UIDs; return the complete job's id."""
+                   is_image: bool = True, slices: int = 3, sop_class_uid: str | None = None
+                   ) -> int:
+        """Spool ``slices`` real CT slices under new UIDs (the 20 sample files reused when more
+        are asked for); return the complete job's id. ``sop_class_uid``: the series' and its
+        instances' SOP class (default: the index leaves it unset, files keep CT Image)."""
         study_uid, series_uid = generate_uid(), generate_uid()
         now = utcnow()
         with self.sessions.begin() as session:
             study = Study(study_instance_uid=study_uid, first_received_at=now)
             series = Series(series_instance_uid=series_uid, study=study, modality=modality,
                             is_image=is_image, state="complete", first_received_at=now,
-                            last_received_at=now, instance_count=slices)
+                            last_received_at=now, instance_count=slices,
+                            sop_class_uid=sop_class_uid)
             session.add_all([study, series])
             session.flush()
-            for path in sorted(CT_DIR.iterdir())[:slices]:
+            for path in itertools.islice(itertools.cycle(sorted(CT_DIR.iterdir())), slices):
                 ds = pydicom.dcmread(path)
                 ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+                if sop_class_uid is not None:
+                    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
                 ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
                 ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
                 ds.Modality, ds.ImageType = modality, image_type
@@ -209,6 +222,52 @@ def test_non_image_and_unmatched_series_are_ignored_with_a_reason(tmp_path: Path
     assert (world.job(scout).state, world.job(scout).error_kind) == (JobState.IGNORED,
                                                                      "no-rule-matches")
     assert world.processor.calls == []
+
+
+@pytest.mark.parametrize("sop_class_uid", [
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture: an "Exam Summary" page
+    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte Secondary Capture
+])
+def test_image_series_of_a_non_volume_sop_class_is_ignored_whatever_its_size(
+        tmp_path: Path, orthanc: Orthanc, database_url: str, sop_class_uid: str) -> None:
+    """An image series (is_image) with 40 slices that the CT rule would take is still no
+    volume: it is ignored by SOP class before any rule is tried."""
+    world = World(tmp_path, orthanc, database_url)
+    summary = world.add_series(slices=40, sop_class_uid=sop_class_uid)
+    ct = world.add_series(sop_class_uid="1.2.840.10008.5.1.4.1.1.2")
+    world.run_all()
+    job = world.job(summary)
+    assert (job.state, job.error_kind) == (JobState.IGNORED, "not-a-volume-sop-class")
+    assert sop_class_uid in (job.error_message or "")
+    assert "Secondary Capture" in (job.error_message or "")
+    assert world.job(ct).state in (JobState.DISPATCHING, JobState.DONE)
+    assert world.processor.calls == ["vertebral-bodies-ct"]
+
+
+def test_ct_series_that_starts_with_a_secondary_capture_is_still_routed(
+        tmp_path: Path, orthanc: Orthanc, database_url: str) -> None:
+    """The series row holds the first instance's SOP class; one SC page first must not hide
+    the CT images after it (the loader sets the page aside)."""
+    world = World(tmp_path, orthanc, database_url)
+    job_id = world.add_series(slices=5, sop_class_uid="1.2.840.10008.5.1.4.1.1.7")
+    with world.sessions.begin() as session:
+        series_id = session.get(Job, job_id).series_id
+        instances = session.query(Instance).filter(Instance.series_id == series_id)
+        for instance in instances.order_by(Instance.id).offset(1):
+            instance.sop_class_uid = "1.2.840.10008.5.1.4.1.1.2"
+    world.service.route_pending()
+    assert world.job(job_id).state == JobState.ROUTED
+
+
+@pytest.mark.parametrize("error", [
+    NotAVolumeSopClassError("m", [], ("1.2.840.10008.5.1.4.1.1.7",)),
+    UnsupportedMosaicError("m", [], 35),
+    UnsupportedTransferSyntaxError("m", "1.2.840.10008.1.2.4.110"),
+], ids=lambda e: type(e).__name__)
+def test_volume_error_kinds_match_the_kinds_jobs_record(error: VolumeError) -> None:
+    """A loader error that reaches run_job is recorded under its class name; the loader's own
+    ``kind`` must say the same."""
+    assert _error_kind(error) == error.kind
 
 
 def test_all_match_mode_makes_one_job_per_pipeline(tmp_path: Path, orthanc: Orthanc,

@@ -128,7 +128,7 @@ def test_corrupt_and_truncated_datasets_are_refused(make_node: Any, tmp_path: Pa
     short = tmp_path / "short" / "short.dcm"
     short_uid = write_short_pixel_data(short)
     sent = storescu(node.port, short, extra=("-d",))
-    assert "0xc000" in sent.stdout.lower(), sent.stdout
+    assert "0xc008" in sent.stdout.lower(), sent.stdout
 
     # 2. A data set cut off in the middle of its JPEG 2000 Pixel Data (a transfer that broke),
     #    sent byte for byte by pynetdicom (storescu will not read such a file).
@@ -140,7 +140,7 @@ def test_corrupt_and_truncated_datasets_are_refused(make_node: Any, tmp_path: Pa
     status = node.status()
     assert status["instances"] == 0 and status["series"] == []
     rejections = {r["sop_instance_uid"]: r for r in status["rejections"]["recent"]}
-    assert rejections[short_uid]["kind"] == "truncated-dataset"
+    assert rejections[short_uid]["kind"] == "pixel-data-length"
     assert "Pixel Data holds" in rejections[short_uid]["message"]
     assert rejections[uid]["kind"] == "truncated-dataset"
     assert not list(node.spool.glob("*/*/*.dcm"))
