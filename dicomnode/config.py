@@ -118,7 +118,7 @@ class StorageConfig(_Section):
     fsync: bool = True
     #: Largest data set accepted (inflated size for Deflated Explicit VR), enforced while the
     #: fragments arrive: larger ones are refused with ``instance-too-large``.
-    max_instance_size: int = 4 * 1024**3
+    max_instance_size: int = 2 * 1024**3
     #: Most bytes kept under ``spool/.quarantine`` (refused data sets); oldest removed first.
     quarantine_max: int = 1024**3
     #: Days a refused data set is kept under ``spool/.quarantine``.

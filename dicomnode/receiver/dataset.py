@@ -54,7 +54,7 @@ _VALUE_SIZE = {"AT": 4, "FL": 4, "FD": 8, "SL": 4, "SS": 2, "SV": 8, "UL": 4, "U
 #: bound is how a hostile sender would crash the next tool that opens the file.
 MAX_DEPTH = 32
 #: Inflation is done in steps of this size (bounds the memory of one step).
-_INFLATE_STEP = 16 * 1024 * 1024
+_INFLATE_STEP = 1024 * 1024
 
 _STRICT_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _LENIENT_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
