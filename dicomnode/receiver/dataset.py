@@ -29,6 +29,7 @@ from typing import Literal
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
+from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
@@ -304,6 +305,10 @@ def inflated_size(deflated: bytes, limit: int) -> int:
             if inflater.eof:
                 break
         total += len(inflater.flush())
+        if not inflater.eof:
+            raise CorruptDataset(RejectKind.TRUNCATED,
+                                 "the deflated data set is cut short (its deflate stream does "
+                                 "not end)")
     except zlib.error as exc:
         raise CorruptDataset(RejectKind.MALFORMED,
                              f"deflated data set cannot be inflated: {exc}") from None
@@ -314,7 +319,8 @@ def inflated_size(deflated: bytes, limit: int) -> int:
 
 
 def check_uid(value: str, what: str, policy: UidPolicy) -> bool:
-    """Raise ``INVALID_UID`` unless ``value`` is a UID; True when only leniency let it pass."""
+    """Raise ``INVALID_UID`` unless ``value`` is one UID; True when only leniency let it
+    pass."""
     if len(value) <= 64 and _STRICT_UID.match(value):
         return False
     if policy == "lenient" and len(value) <= 64 and _LENIENT_UID.match(value):
@@ -396,16 +402,30 @@ def _decode_all(ds: Dataset, path: str) -> None:
                 _decode_all(item, f"{path}{_name(int(tag))}[{number}]/")
 
 
+def _uid_text(ds: Dataset, keyword: str, policy: UidPolicy, lenient: list[str]) -> str:
+    """A key UID of the data set as text ('' when absent), checked to be one valid UID."""
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue):  # a backslash inside a UI value
+        joined = "\\".join(map(str, value))
+        raise CorruptDataset(RejectKind.INVALID_UID,
+                             f"{keyword} has {len(value)} values ({joined[:80]!r}): a UID has "
+                             "one")
+    text = str(value).strip()
+    if text and check_uid(text, keyword, policy):
+        lenient.append(text)
+    return text
+
+
 def _check_identity(ds: Dataset, command: Command | None, policy: UidPolicy
                     ) -> tuple[str, ...]:
-    """The data set's SOP UIDs agree with the command's; every key UID is a valid UID."""
+    """Every key UID is a valid UID; the data set's SOP UIDs agree with the command's."""
     lenient: list[str] = []
-
-    def uid(keyword: str) -> str:
-        value = ds.get(keyword)
-        return "" if value is None else str(value).strip()
-
-    sop_uid, sop_class = uid("SOPInstanceUID"), uid("SOPClassUID")
+    sop_uid = _uid_text(ds, "SOPInstanceUID", policy, lenient)
+    sop_class = _uid_text(ds, "SOPClassUID", policy, lenient)
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        _uid_text(ds, keyword, policy, lenient)
     if not sop_uid and "DirectoryRecordSequence" in ds:
         raise CorruptDataset(RejectKind.MEDIA_DIRECTORY,
                              "a DICOMDIR (Directory Record Sequence, no SOP Instance UID of its "
@@ -425,11 +445,6 @@ def _check_identity(ds: Dataset, command: Command | None, policy: UidPolicy
                                  f"the data set's SOP Class UID {sop_class[:80]!r} differs from "
                                  "the presentation context's / command's "
                                  f"{command.sop_class_uid!r}")
-    for keyword, value in (("SOP Instance UID", sop_uid), ("SOP Class UID", sop_class),
-                           ("Study Instance UID", uid("StudyInstanceUID")),
-                           ("Series Instance UID", uid("SeriesInstanceUID"))):
-        if value and check_uid(value, keyword, policy):
-            lenient.append(value)
     return tuple(lenient)
 
 

@@ -98,6 +98,8 @@ class AssociationEnd(str, Enum):
     #: The association thread ended without A-RELEASE or A-ABORT: an invalid PDU, a DIMSE
     #: message pynetdicom could not decode, or a timeout.
     PROTOCOL_ERROR = "protocol-error"
+    #: The node aborted it after ``node.network_timeout`` seconds of silence.
+    NETWORK_TIMEOUT = "network-timeout"
     #: The node aborted it: a data set larger than ``storage.max_instance_size``.
     INSTANCE_TOO_LARGE = "instance-too-large"
     NODE_STOPPING = "node-stopping"

@@ -40,7 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicomnode.config import NodeConfig, StorageConfig
 from dicomnode.logs import log_event
-from dicomnode.receiver.dataset import Command, DatasetSummary, inspect_dataset
+from dicomnode.receiver.dataset import Command, DatasetSummary, check_uid, inspect_dataset
 from dicomnode.receiver.errors import AssociationEnd, CorruptDataset, ReceiverError, RejectKind
 from dicomnode.receiver.spool import Spool
 from dicomnode.store import (IndexOutcome, InstanceIndex, InstanceRecord, SeriesKey,
@@ -177,6 +177,8 @@ class Receiver:
         self._abort_reasons: dict[Association, AssociationEnd] = {}
         #: Data-set bytes received so far of the message in flight, per association.
         self._inflight: dict[Association, int] = {}
+        #: When each connection that has not yet sent its A-ASSOCIATE-RQ was opened.
+        self._connected_at: dict[Association, float] = {}
         self._uid_locks = [threading.Lock() for _ in range(UID_LOCK_STRIPES)]
         self._server: Any = None
         self._reaper_stop = threading.Event()
@@ -212,6 +214,7 @@ class Receiver:
             (evt.EVT_CONN_CLOSE, self._on_ended,
              ["aborted", AssociationEnd.CONNECTION_CLOSED]),
             (evt.EVT_PDU_RECV, self._on_pdu),
+            (evt.EVT_DIMSE_RECV, self._on_dimse),
             (evt.EVT_C_STORE, self._on_store),
         ]
         context = tls_context(self.node)
@@ -273,13 +276,14 @@ class Receiver:
 
     # -- association policy and audit --------------------------------------------------------
 
-    @staticmethod
-    def _on_connection(event: evt.Event) -> None:
+    def _on_connection(self, event: evt.Event) -> None:
         # Answer each C-STORE at once: with Nagle's algorithm the small C-STORE-RSP can wait
         # for the sender's delayed ACK (tens of ms per instance).
         sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._audit_lock:
+            self._connected_at[event.assoc] = time.monotonic()
 
     def _refusal(self, calling: str, called: str, address: str) -> tuple[str, int] | None:
         """Why an association must be refused: (reason, A-ASSOCIATE-RJ diagnostic)."""
@@ -298,6 +302,8 @@ class Receiver:
         calling = request.primitive.calling_ae_title.strip()
         called = request.primitive.called_ae_title.strip()
         address, port = request.address, request.port
+        with self._audit_lock:
+            self._connected_at.pop(assoc, None)
         refusal = self._refusal(calling, called, address)
         answer = (0x01, 0x01)  # rejected-permanent, by the service user
         if refusal is None:
@@ -352,18 +358,22 @@ class Receiver:
             message = (f"presentation context for {name} refused: none of the transfer syntaxes "
                        f"{', '.join(map(str, context.transfer_syntax))} is supported")
         else:
-            message = (f"presentation context for {name} ({abstract}) refused: not a storage "
-                       "SOP class (the node is a C-STORE and C-ECHO SCP only)")
+            message = (f"presentation context for {name} ({abstract}) refused: not a SOP "
+                       "class this node serves (C-ECHO and the current storage SOP classes)")
         self._record(audit_id, None, abstract, kind, message)
 
     def _on_ended(self, event: evt.Event, outcome: str, reason: AssociationEnd) -> None:
         self._end(event.assoc, outcome, reason)
 
     def _end(self, assoc: Association, outcome: str, reason: AssociationEnd) -> None:
+        if (reason is AssociationEnd.ABORTED_BY_PEER and getattr(assoc, "_sent_abort", False)
+                and assoc.dul.idle_timer_expired()):
+            reason = AssociationEnd.NETWORK_TIMEOUT  # pynetdicom's own abort, not the peer's
         with self._audit_lock:
             audit_id = self._audit_ids.pop(assoc, None)
             self._slots.discard(assoc)
             self._inflight.pop(assoc, None)
+            self._connected_at.pop(assoc, None)
             reason = self._abort_reasons.pop(assoc, reason)
         if audit_id is not None:
             try:
@@ -379,11 +389,42 @@ class Receiver:
 
     def _reap_once(self, reason: AssociationEnd) -> None:
         """End the audit of associations whose thread is gone without a release or abort
-        event (pynetdicom drops a connection on an invalid PDU without one)."""
+        event (pynetdicom drops a connection on an invalid PDU without one), and close
+        connections that sent no A-ASSOCIATE-RQ within ``node.acse_timeout``: pynetdicom only
+        times that out between PDUs, not while it waits for the rest of a junk one."""
+        now = time.monotonic()
         with self._audit_lock:
             dead = [a for a in (*self._audit_ids, *self._slots) if not a.is_alive()]
+            stale = [a for a, opened in self._connected_at.items()
+                     if not a.is_alive() or now - opened > self.node.acse_timeout]
+            for assoc in stale:
+                del self._connected_at[assoc]
+        for assoc in stale:
+            if assoc.is_alive() and not assoc.is_established:
+                log_event(LOGGER, "connection.closed", reason="no-association-request",
+                          address=assoc.requestor.address or None)
+                _close_transport(assoc)
         for assoc in dead:
             self._end(assoc, "aborted", reason)
+
+    def _on_dimse(self, event: evt.Event) -> None:
+        """A command whose Affected SOP Instance UID pynetdicom cannot take (longer than 64
+        characters...) makes it drop the association with no status: record why."""
+        command = event.message.command_set
+        uid = command.get("AffectedSOPInstanceUID")
+        if command.get("CommandField") != 0x0001 or uid is None:  # C-STORE-RQ only
+            return
+        text = str(uid).strip()
+        try:
+            check_uid(text, "Affected SOP Instance UID", "lenient")
+        except CorruptDataset as exc:
+            if len(text) <= 64:
+                return  # pynetdicom accepts it; the handler refuses it with a status
+            self._abort_reasons[event.assoc] = AssociationEnd.PROTOCOL_ERROR
+            self._record(self._audit_ids.get(event.assoc), None,
+                         str(command.get("AffectedSOPClassUID") or "") or None,
+                         RejectKind.INVALID_UID, f"{exc}; pynetdicom cannot decode such a "
+                         "command, so the association is aborted without a status")
 
     def _on_tls_failure(self, peer: tuple[str, int], exc: Exception) -> None:
         detail = f"{type(exc).__name__}: {exc}"
