@@ -39,6 +39,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian,
                          ImplicitVRLittleEndian, JPEG2000Lossless, generate_uid)
 
+from tests.service import hostile
+
 #: dcmtk's dcmdump by absolute path: the venv's pynetdicom-provided tools shadow dcmtk's.
 DCMDUMP = "/usr/bin/dcmdump"
 
@@ -50,12 +52,9 @@ BASIC_TEXT_SR = UID("1.2.840.10008.5.1.4.1.1.88.11")
 UID_LENGTH = 58
 _UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root, as generate_uid uses
 
-_ITEM = 0xFFFEE000
-_ITEM_END = 0xFFFEE00D
-_SEQUENCE_END = 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
-                       b"UR", b"UT", b"UV"})
+# The encoding's fixed tags and VR classes (PS3.5 7.1.2, 7.5), shared with the bad-input cases.
+_ITEM, _ITEM_END, _SEQUENCE_END = hostile.ITEM, hostile.ITEM_END, hostile.SEQUENCE_END
+_UNDEFINED, _LONG_VRS = hostile.UNDEFINED, hostile.LONG_VRS
 VALID_VRS = (b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO",
              b"LT", b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ",
              b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT",
