@@ -5,6 +5,7 @@ storage, a data set larger than ``storage.max_instance_size``."""
 from __future__ import annotations
 
 import copy
+import os
 import socket
 import subprocess
 import time
@@ -283,3 +284,61 @@ def test_second_node_on_the_same_storage_exits_and_touches_nothing(make_node: An
     finally:
         held.release()
     assert node.stop() == 0
+
+
+def test_an_exception_in_the_handler_is_a_typed_recorded_refusal(
+        tmp_path: Path, ct_sources: list[Dataset], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No path through the C-STORE handler ends in pynetdicom's bare 0xC211: a bug becomes
+    ``internal-error`` (0xA7FF) with the traceback logged, the bytes kept and a row written.
+    In-process, so that a fault can be injected into a real receiver on a real association."""
+    from dicomnode.config import NodeConfig, StorageConfig
+    from dicomnode.receiver import Receiver, Spool
+    from dicomnode.store import InstanceIndex, create_schema, make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}", immediate=True)
+    create_schema(engine)
+    index, spool = InstanceIndex(engine), Spool(tmp_path / "spool")
+    spool.prepare()
+    port = free_port()
+    receiver = Receiver(NodeConfig(host="127.0.0.1", port=port), StorageConfig(min_free=0),
+                        index, spool, lambda outcome: None)
+    receiver.start()
+    try:
+        def broken(uid: str) -> None:
+            raise RuntimeError("injected fault")
+
+        monkeypatch.setattr(index, "find_instance", broken)
+        good = _good_instance(tmp_path / "in", ct_sources)
+        assert _send_file(port, good, JPEG2000Lossless) == 0xA7FF
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "select kind, status, message, quarantine_path from rejections").all()
+        assert [(kind, status) for kind, status, _, _ in rows] == [("internal-error", 0xA7FF)]
+        assert "injected fault" in rows[0][2]
+        kept = spool.root / rows[0][3]
+        assert pydicom.dcmread(kept, force=True).SOPInstanceUID == pydicom.dcmread(
+            good).SOPInstanceUID
+        monkeypatch.undo()
+        assert _send_file(port, good, JPEG2000Lossless) == 0  # the node goes on
+    finally:
+        receiver.stop()
+        engine.dispose()
+
+
+def test_quarantine_keeps_within_its_size_and_age(tmp_path: Path) -> None:
+    from dicomnode.receiver.spool import QuarantineLimits, Spool
+
+    spool = Spool(tmp_path / "spool", quarantine_limits=QuarantineLimits(1000, 3600))
+    spool.prepare()
+    kept = [spool.keep_rejected([bytes([i]) * 300]) for i in range(5)]
+    assert all(kept)
+    held = sorted(p.name for p in spool.quarantine.iterdir())
+    assert len(held) == 3 and spool.quarantine_usage() == (3, 900)  # the oldest two went
+    assert {f"{k}".split("/")[1] for k in kept[2:]} == set(held)
+    assert spool.keep_rejected([b"x" * 1001]) is None  # larger than the whole quarantine
+    old = spool.quarantine / held[0]
+    day_ago = time.time() - 86400
+    os.utime(old, (day_ago, day_ago))
+    restarted = Spool(tmp_path / "spool", quarantine_limits=QuarantineLimits(1000, 3600))
+    restarted.prepare()  # expired files go at start-up (and before each new one is kept)
+    assert not old.exists() and restarted.quarantine_usage() == (2, 600)
