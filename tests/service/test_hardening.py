@@ -342,3 +342,25 @@ def test_quarantine_keeps_within_its_size_and_age(tmp_path: Path) -> None:
     restarted = Spool(tmp_path / "spool", quarantine_limits=QuarantineLimits(1000, 3600))
     restarted.prepare()  # expired files go at start-up (and before each new one is kept)
     assert not old.exists() and restarted.quarantine_usage() == (2, 600)
+
+
+def test_readme_example_study_is_received(make_node: Any, tmp_path: Path) -> None:
+    """The README's first study, step by step: the shared example CT as its archive wrote it
+    (empty SOP Class, SOP Instance, Study and Series UIDs in the data sets), the README's
+    dcmodify line (SOP Class filled, new SOP Instance UIDs), dcmtk's storescu. The node
+    derives the study and series UIDs."""
+    from tests.service.conftest import EXAMPLE_CT
+
+    folder = tmp_path / "ex"
+    folder.mkdir()
+    for path in sorted(EXAMPLE_CT.iterdir()):
+        (folder / path.name).write_bytes(path.read_bytes())
+    files = sorted(str(p) for p in folder.iterdir())
+    subprocess.run(["/usr/bin/dcmodify", "-nb", "-i", "(0008,0016)=1.2.840.10008.5.1.4.1.1.2",
+                    "-gin", *files], check=True, capture_output=True)
+    node = make_node()
+    sent = _dcmtk(STORESCU, node.port, "-xv", "+sd", str(folder))
+    assert sent.returncode == 0 and sent.stdout.count("Received Store Response (Success)") == 20
+    status = node.status()
+    assert [(s["instances"], s["uid_synthesized"]) for s in status["series"]] == [(20, True)]
+    assert status["rejections"]["total"] == 0
