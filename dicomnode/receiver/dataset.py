@@ -372,17 +372,16 @@ def inspect_dataset(encoded: bytes, transfer_syntax_uid: str, command: Command |
 def _decode_header(encoded: bytes, pixel_span: tuple[int, int] | None, implicit: bool,
                    little: bool) -> Dataset:
     """Every element but the top-level Pixel Data, decoded by pydicom (values included)."""
-    parts = [encoded] if pixel_span is None else [encoded[:pixel_span[0]],
-                                                   encoded[pixel_span[1]:]]
-    header = Dataset()
-    for part in parts:
-        if not part:
-            continue
-        try:
-            header.update(read_dataset(BytesIO(part), implicit, little))
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad bytes
-            raise CorruptDataset(RejectKind.MALFORMED,
-                                 f"the data set cannot be read: {exc}") from None
+    head, tail = (encoded, b"") if pixel_span is None else (encoded[:pixel_span[0]],
+                                                            encoded[pixel_span[1]:])
+    try:
+        header = read_dataset(BytesIO(head), implicit, little)
+        if tail:  # rare: elements after Pixel Data (padding, private trailers)
+            for element in read_dataset(BytesIO(tail), implicit, little):
+                header[element.tag] = element
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad bytes
+        raise CorruptDataset(RejectKind.MALFORMED,
+                             f"the data set cannot be read: {exc}") from None
     _decode_all(header, "")
     return header
 
