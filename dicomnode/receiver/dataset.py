@@ -382,13 +382,27 @@ def _decode_header(encoded: bytes, pixel_span: tuple[int, int] | None, implicit:
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad bytes
         raise CorruptDataset(RejectKind.MALFORMED,
                              f"the data set cannot be read: {exc}") from None
-    _decode_all(header, "")
+    _decode_all(header, "", implicit)
     return header
 
 
-def _decode_all(ds: Dataset, path: str) -> None:
-    """Decode every value (raw elements are converted lazily by pydicom: force it now)."""
+#: Explicit VRs whose values pydicom re-parses on access and can fail to decode once the
+#: walker has passed them: a sequence (parsed again into items) and UN (converted to the
+#: dictionary VR, whose value size the bytes may not fit). Every other value's conversion
+#: cannot raise after the walker's length checks (text decodes with replacement), so it is
+#: left lazy: decoding all ~135 elements of a CT header cost 2.7 ms an instance (cProfile:
+#: Dataset.__getitem__ → convert_raw_data_element), a third of the receive path.
+_REPARSED_VRS = frozenset({"SQ", "UN"})
+
+
+def _decode_all(ds: Dataset, path: str, implicit: bool) -> None:
+    """Decode every value that can still fail to decode (all of them in an implicit VR data
+    set, where the VR comes from the dictionary); raise ``MALFORMED`` naming the element."""
     for tag in list(ds.keys()):
+        if not implicit:
+            raw = ds.get_item(tag)
+            if getattr(raw, "VR", "SQ") not in _REPARSED_VRS:
+                continue
         try:
             element = ds[tag]
             value = element.value
@@ -398,7 +412,7 @@ def _decode_all(ds: Dataset, path: str) -> None:
                                  f"{exc}") from None
         if element.VR == "SQ":
             for number, item in enumerate(value):
-                _decode_all(item, f"{path}{_name(int(tag))}[{number}]/")
+                _decode_all(item, f"{path}{_name(int(tag))}[{number}]/", implicit)
 
 
 def _uid_text(ds: Dataset, keyword: str, policy: UidPolicy, lenient: list[str]) -> str:
