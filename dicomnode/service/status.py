@@ -35,6 +35,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from dicomnode.jobs.models import Delivery, DestinationHealth
+from dicomnode.receiver.spool import CONFLICTS, QUARANTINE
 from dicomnode.store import Association, Instance, Job, Rejection, Series
 
 #: How many recent associations and rejections are listed.
@@ -62,7 +63,6 @@ def _folder_usage(folder: Path | None) -> dict[str, int]:
 def collect_status(engine: Engine, spool: Path | None = None) -> dict[str, Any]:
     """Everything ``dicomnode status`` shows, as plain JSON-able data; ``spool`` (the spool
     root) adds what the quarantine and conflict folders hold."""
-    from dicomnode.receiver.spool import CONFLICTS, QUARANTINE
 
     with Session(engine) as session:
         series = session.scalars(select(Series).order_by(Series.first_received_at)).all()
