@@ -87,7 +87,7 @@ def warm_latency(models: Path, inputs: list[Path], device: str) -> list[float]:
     import SimpleITK as sitk
 
     from dicomnode.models.pipelines import get_pipeline
-    from dicomnode.models.process import NiftiVolume
+    from dicomnode.run.case import NiftiVolume
     from dicomnode.models.registry import ModelStore
     from dicomnode.models.runtime import NnUNetRuntime
 

@@ -79,7 +79,7 @@ def warm_latency(pipeline: str, models: Path, inputs: Path) -> list[float]:
     import SimpleITK as sitk
 
     from dicomnode.models.pipelines import get_pipeline
-    from dicomnode.models.process import NiftiVolume
+    from dicomnode.run.case import NiftiVolume
     from dicomnode.models.registry import ModelStore
     from dicomnode.models.runtime import NnUNetRuntime
 

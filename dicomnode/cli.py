@@ -18,7 +18,8 @@ from dicomnode.config import ConfigError, load_config
 #: Modules with a ``register(subparsers, common)`` function, in help order.
 _COMMAND_MODULES = (
     "dicomnode.service.cli",   # serve, status
-    "dicomnode.models.cli",    # models, process
+    "dicomnode.models.cli",    # models
+    "dicomnode.run.cli",       # process
     "dicomnode.rules.cli",     # rules test
     "dicomnode.jobs.cli",      # jobs list|show|retry|cancel
 )

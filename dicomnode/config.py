@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -109,7 +109,7 @@ class StorageConfig(_Section):
 
     #: Root folder; the spool, outputs and the default SQLite database live under it.
     path: Path = Path("var")
-    #: SQLAlchemy URL; empty means SQLite at ``<path>/dicomnode.sqlite3`` (WAL mode).
+    #: SQLAlchemy URL; empty means SQLite in ``path`` (``dicomnode.storage.layout``, WAL mode).
     database_url: str = ""
     #: Free space (bytes, or with a unit: "2 GB", "500 MiB") below which C-STORE is refused
     #: with 0xA700 (Out of Resources).
@@ -136,8 +136,6 @@ class StorageConfig(_Section):
             raise ValueError("must not be negative")
         return value
 
-    def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.path / 'dicomnode.sqlite3').resolve()}"
 
 
 class AssemblyConfig(_Section):
@@ -247,8 +245,10 @@ class ModelsConfig(_Section):
         return value
 
 
-#: Pipelines a rule may name (the model registry maps each to its model entries).
-PIPELINES = ("vertebral-bodies-ct", "totalspineseg", "spineps")
+#: The pipelines (``dicomnode.models.pipelines`` implements one class for each name; the
+#: model registry maps each to its model entries).
+PipelineName = Literal["vertebral-bodies-ct", "totalspineseg", "spineps"]
+PIPELINES: tuple[PipelineName, ...] = get_args(PipelineName)
 Plane = Literal["axial", "sagittal", "coronal", "oblique"]
 
 
@@ -358,6 +358,37 @@ class DestinationConfig(_Section):
         return self
 
 
+class ReturnAddress(_Section):
+    """Where a sender's DICOM listener is, for ``dispatch.return_to_sender``."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    #: Our Calling AE Title towards it (default: node.ae_title).
+    calling_ae_title: str | None = None
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+
+
+class ResultsConfig(_Section):
+    """What each job writes and sends (``dicomnode process`` writes the same)."""
+
+    #: ``binary``: Segmentation Storage, one bit plane per segment (every viewer and PACS).
+    #: ``labelmap``: Label Map Segmentation Storage (DICOM 2024c; OHIF 3.11+): one frame per
+    #: slice holding every segment, much smaller; older viewers do not display it.
+    seg_type: Literal["binary", "labelmap"] = "binary"
+    #: Transfer syntax of a LABELMAP SEG: ``rle`` (RLE Lossless), ``jpegls`` (JPEG-LS
+    #: Lossless) or ``none`` (Explicit VR Little Endian). BINARY SEGs are always uncompressed.
+    labelmap_compression: Literal["rle", "jpegls", "none"] = "rle"
+    #: Leave out SEG frames without any segment (smaller; some old viewers misplace SEGs with
+    #: gaps between frames: switch it off for them).
+    omit_empty_frames: bool = True
+    #: Write the TID 1500 measurement report (volumes, intensities, spine measurements).
+    sr: bool = True
+    #: Write the preview secondary capture (and ``preview.png`` in the results folder).
+    preview: bool = True
+    #: Depth (mm) below the vertebral body surface left out of the trabecular (L1) attenuation.
+    trabecular_erosion_mm: float = Field(3.0, ge=0)
+
+
 class DispatchConfig(_Section):
     """Retries of deliveries; the wait doubles from ``initial_backoff`` up to ``max_backoff``."""
 
@@ -366,8 +397,32 @@ class DispatchConfig(_Section):
     max_backoff: float = Field(900.0, gt=0)
     #: Seconds between C-ECHO health checks of DICOM destinations (0: off).
     echo_interval: float = Field(60.0, ge=0)
-    #: Also send results back to the AE that sent the series (needs it in ``return_to``).
+    #: Also send each job's results back to the AE that sent the series, looked up by its
+    #: calling AE title in ``return_to`` (same retries as any destination). A sender that is
+    #: not listed gets a delivery that fails at once with ``unknown-sender``.
     return_to_sender: bool = False
+    #: Known senders: calling AE title → the address of its DICOM listener.
+    return_to: dict[str, ReturnAddress] = Field(default_factory=dict)
+
+    @field_validator("return_to")
+    @classmethod
+    def _return_aes(cls, value: dict[str, ReturnAddress]) -> dict[str, ReturnAddress]:
+        return {_check_ae_title(ae): address for ae, address in value.items()}
+
+    @model_validator(mode="after")
+    def _senders_known(self) -> DispatchConfig:
+        if self.return_to_sender and not self.return_to:
+            raise ValueError("return_to_sender needs the senders' addresses under return_to")
+        return self
+
+    def sender_destination(self, ae_title: str) -> DestinationConfig | None:
+        """The destination of a return to ``ae_title``, None when it is not in ``return_to``."""
+        address = self.return_to.get(ae_title.strip())
+        if address is None:
+            return None
+        return DestinationConfig(type="dicom", ae_title=ae_title.strip(), host=address.host,
+                                 port=address.port, calling_ae_title=address.calling_ae_title,
+                                 tls=address.tls)
 
 
 class JobsConfig(_Section):
@@ -379,7 +434,8 @@ class JobsConfig(_Section):
     #: Worker threads. Inference is serialised per device, so 2 lets one job load or encode
     #: while another is on the GPU.
     workers: int = Field(2, ge=1, le=32)
-    #: Seconds between looks at the job table (new jobs also wake the workers at once).
+    #: Seconds between looks at the job table when nothing happens: a completed series and a
+    #: routed job wake the executor at once.
     poll_interval: float = Field(0.5, gt=0, le=60)
 
 
@@ -403,6 +459,7 @@ class Config(_Section):
     destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    results: ResultsConfig = Field(default_factory=ResultsConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @model_validator(mode="after")

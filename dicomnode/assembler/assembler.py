@@ -21,6 +21,7 @@ to the end; the new revision's results carry the same derived UIDs, so they repl
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
@@ -28,13 +29,14 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.assembler.timers import series_of, series_quiet, timer_id
-from dicomnode.jobs.models import WAITING_STATES
 from dicomnode.logs import log_event
-from dicomnode.store import IndexOutcome, Job, Series, utcnow
+from dicomnode.store import IndexOutcome, Series, utcnow
+from dicomnode.store.jobs import WAITING_STATES, Job, JobState
+from dicomnode.store.models import SeriesState, as_utc
 
 LOGGER = logging.getLogger("dicomnode.assembler")
 
@@ -44,17 +46,15 @@ PERSISTENT_STORE = "index"
 SWEEP_INTERVAL = 60.0
 
 
-def _aware(moment: datetime) -> datetime:
-    # SQLite returns naive datetimes; everything stored is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
 class Assembler:
     """Owns the series timers and turns quiet series into jobs."""
 
-    def __init__(self, write_engine: Engine, scheduler_engine: Engine, series_timeout: float):
+    def __init__(self, write_engine: Engine, scheduler_engine: Engine, series_timeout: float,
+                 on_job: Callable[[], None] | None = None):
         self.sessions = sessionmaker(write_engine, expire_on_commit=False)
         self.series_timeout = series_timeout
+        #: Called after a job was created (the executor's wake-up).
+        self.on_job = on_job
         self.scheduler = BackgroundScheduler(
             jobstores={PERSISTENT_STORE: SQLAlchemyJobStore(engine=scheduler_engine),
                        "default": MemoryJobStore()},
@@ -103,10 +103,10 @@ class Assembler:
         existing = self._timed_series()
         with self.sessions() as session:
             rows = session.execute(select(Series.id, Series.last_received_at)
-                                   .where(Series.state == "receiving")).all()
+                                   .where(Series.state == SeriesState.RECEIVING)).all()
         for series_id, last in rows:
             if series_id not in existing:
-                self.arm(series_id, _aware(last) + timedelta(seconds=self.series_timeout))
+                self.arm(series_id, as_utc(last) + timedelta(seconds=self.series_timeout))
                 armed += 1
         return armed
 
@@ -125,9 +125,9 @@ class Assembler:
         """
         with self.sessions() as session, session.begin():
             series = session.get(Series, series_id)
-            if series is None or series.state != "receiving":
+            if series is None or series.state != SeriesState.RECEIVING:
                 return None
-            due = _aware(series.last_received_at) + timedelta(seconds=self.series_timeout)
+            due = as_utc(series.last_received_at) + timedelta(seconds=self.series_timeout)
             now = utcnow()
             if now < due:
                 rearm_at: datetime | None = due
@@ -140,20 +140,24 @@ class Assembler:
         log_event(LOGGER, "series.complete", series_instance_uid=series.series_instance_uid,
                   modality=series.modality, instances=series.instance_count,
                   revision=series.revision, job=job.id if job else None)
+        if job is not None and self.on_job is not None:
+            self.on_job()
         return job
 
     @staticmethod
     def _complete(session: Session, series: Series, now: datetime) -> Job | None:
-        series.state = "complete"
+        series.state = SeriesState.COMPLETE
         series.completed_at = now
         if not series.is_image:
             return None
-        superseded = session.execute(
-            update(Job).where(Job.series_id == series.id, Job.state.in_(WAITING_STATES))
-            .values(state="superseded", updated_at=now)).rowcount
-        job = Job(series_id=series.id, revision=series.revision, instance_count=series.instance_count,
-                  created_at=now, updated_at=now, stage_times={}, attempts=0, state="complete")
-        job.transition("complete")
+        superseded = 0
+        for waiting in session.scalars(select(Job).where(Job.series_id == series.id,
+                                                         Job.state.in_(WAITING_STATES))):
+            waiting.transition(JobState.SUPERSEDED, error_kind="superseded",
+                               error_message=f"revision {series.revision} of the series "
+                                             "replaced this one before a worker took it")
+            superseded += 1
+        job = Job.for_series(series)
         session.add(job)
         session.flush()
         if superseded:

@@ -1,9 +1,8 @@
-"""Jobs: the persisted state machine from a complete series to delivered results.
+"""Jobs: the stages after assembly wired together (``stages``), driven by threads inside
+``dicomnode serve`` (``executor``), and the people's controls (``control``, ``cli``).
 
-``models`` (states, deliveries), ``service`` (one step of one job at a time), ``executor``
-(threads that drive the service inside ``dicomnode serve``), ``processing`` (the pipeline run).
+The stages themselves live with their concern: routing in :mod:`dicomnode.rules.router`, the
+run in :mod:`dicomnode.run.worker`, delivery in :mod:`dicomnode.dispatcher.queue`, health in
+:mod:`dicomnode.health`, retention in :mod:`dicomnode.retention`; states in
+:mod:`dicomnode.store.jobs`.
 """
-
-from dicomnode.jobs.models import Delivery, DeliveryState, JobState
-
-__all__ = ["Delivery", "DeliveryState", "JobState"]

@@ -1,39 +1,71 @@
-"""The local executor: threads that drive :class:`JobService` inside ``dicomnode serve``.
+"""The local executor: threads that drive the stages inside ``dicomnode serve``.
 
 * one *coordinator* thread routes complete series, attempts due deliveries, checks destination
   health and applies retention;
 * ``workers`` threads take queued jobs by priority. Inference is serialised by the model
   runtime's device lock, so with two workers one job loads or encodes while another is on the
   GPU — the overlap the node needs without two models competing for GPU memory.
+
+Threads sleep until :meth:`Executor.wake` (a series completed, a job was routed or finished) or
+``jobs.poll_interval`` passes, so a new job starts at once rather than at the next poll.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
-from pathlib import Path
 
-from dicomnode.jobs.service import JobService
+from dicomnode.config import Config
+from dicomnode.jobs.stages import Stages
 from dicomnode.logs import log_event
+from dicomnode.storage import free_bytes
 
 LOGGER = logging.getLogger("dicomnode.jobs")
+
+#: Seconds between retention passes.
+PURGE_INTERVAL = 60.0
+
+
+class Wakeup:
+    """Wakes every waiting thread at once (an Event would let the first waiter clear it
+    before the others see it)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._generation = 0
+
+    def notify(self) -> None:
+        with self._condition:
+            self._generation += 1
+            self._condition.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> int:
+        """Wait until a notify after generation ``seen`` or ``timeout``; returns the newest."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._generation != seen, timeout)
+            return self._generation
+
+    @property
+    def generation(self) -> int:
+        with self._condition:
+            return self._generation
 
 
 class Executor:
     """Runs until :meth:`stop`; every loop survives the failure of one iteration."""
 
-    def __init__(self, service: JobService, *, workers: int = 2, poll_interval: float = 0.5):
-        self.service = service
-        self.workers = workers
-        self.poll_interval = poll_interval
+    def __init__(self, config: Config, stages: Stages):
+        self.config = config
+        self.stages = stages
+        self.workers = config.jobs.workers
+        self.poll_interval = config.jobs.poll_interval
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._wakeup = Wakeup()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        requeued = self.service.recover()
+        requeued = self.stages.control.recover()
         log_event(LOGGER, "executor.starting", workers=self.workers, requeued=requeued)
         self._threads = [threading.Thread(target=self._coordinate, name="jobs-coordinator",
                                           daemon=True)]
@@ -43,17 +75,17 @@ class Executor:
             thread.start()
 
     def wake(self) -> None:
-        """Something changed (a series completed): look now rather than at the next poll."""
-        self._wake.set()
+        """Something changed (a series completed, a job was routed): look now."""
+        self._wakeup.notify()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop taking work; wait up to ``timeout`` seconds in all for running steps.
 
         A job still running after that is left in its state and queued again by
-        :meth:`JobService.recover` at the next start: stopping never waits for a model.
+        :meth:`JobControl.recover` at the next start: stopping never waits for a model.
         """
         self._stop.set()
-        self._wake.set()
+        self._wakeup.notify()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -62,43 +94,38 @@ class Executor:
             log_event(LOGGER, "executor.interrupted", threads=busy,
                       note="their jobs are re-queued at the next start")
 
-    def _sleep(self) -> None:
-        self._wake.wait(self.poll_interval)
-        self._wake.clear()
-
     def _coordinate(self) -> None:
-        config = self.service.config
+        stages, config = self.stages, self.config
         last_echo = last_purge = 0.0
+        seen = self._wakeup.generation
         while not self._stop.is_set():
             try:
-                self.service.route_pending()
-                self.service.dispatch_due()
+                if stages.router.route_pending():
+                    self.wake()  # the workers: routed jobs are waiting
+                stages.dispatcher.dispatch_due()
                 now = time.monotonic()
                 interval = config.dispatch.echo_interval
-                if interval and now - last_echo >= interval and config.destinations:
+                if interval and now - last_echo >= interval and stages.health.peers():
                     last_echo = now
-                    self.service.check_destinations()
-                if now - last_purge >= 60:
+                    stages.health.check()
+                if now - last_purge >= PURGE_INTERVAL:
                     last_purge = now
-                    self.service.purge(free_bytes=_free_bytes(config.storage.path))
+                    stages.retention.purge(free_bytes=free_bytes(config.storage.path))
             except Exception:  # keep coordinating; the traceback goes to the log
                 LOGGER.exception("coordinator iteration failed")
-            self._sleep()
+            seen = self._wakeup.wait(seen, self.poll_interval)
 
     def _work(self) -> None:
+        worker = self.stages.worker
+        seen = self._wakeup.generation
         while not self._stop.is_set():
             try:
-                job_id = self.service.claim_next()
+                job_id = worker.claim_next()
                 if job_id is None:
-                    self._stop.wait(self.poll_interval)
+                    seen = self._wakeup.wait(seen, self.poll_interval)
                     continue
-                self.service.run_job(job_id)
-                self._wake.set()  # its deliveries are due now
+                worker.run_job(job_id)
+                self.wake()  # its deliveries are due now
             except Exception:
                 LOGGER.exception("worker iteration failed")
                 self._stop.wait(self.poll_interval)
-
-
-def _free_bytes(path: Path) -> int:
-    path.mkdir(parents=True, exist_ok=True)
-    return shutil.disk_usage(path).free

@@ -1,4 +1,4 @@
-"""``dicomnode models list|pull|install|verify`` and ``dicomnode process``.
+"""``dicomnode models list|pull|install|verify``.
 
 Exit status: 0 success, 1 a model or case failed (reason on stderr), 2 bad configuration or usage.
 """
@@ -43,21 +43,6 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     verify.add_argument("--device", help="override models.device (auto, cpu, cuda:N)")
     verify.set_defaults(handler=_verify)
 
-    process = subparsers.add_parser(
-        "process", parents=[common],
-        help="segment a folder of DICOM files (one or many series) or a NIfTI file, offline")
-    process.add_argument("input", type=Path, metavar="INPUT")
-    process.add_argument("--pipeline", required=True, metavar="NAME")
-    process.add_argument("--out", required=True, type=Path, metavar="DIR")
-    process.add_argument("--model", help="registry entry to run (default: config "
-                                         "models.pipeline_models, else the pipeline's default)")
-    process.add_argument("--device", help="override models.device (auto, cpu, cuda:N)")
-    process.add_argument("--no-encode", action="store_true",
-                         help="write only the NIfTI label map (no SEG, SR or preview)")
-    process.add_argument("--workers", type=int, default=2, metavar="N",
-                         help="cases in flight at once: reading and preprocessing overlap the "
-                              "network pass (default 2)")
-    process.set_defaults(handler=_process)
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -149,29 +134,3 @@ def _verify(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     print("OK")
     return 0
-
-
-def _process(args: argparse.Namespace) -> int:
-    from dicomnode.models.pipelines import PipelineError, create_pipeline
-    from dicomnode.models.process import find_cases, process_cases
-    from dicomnode.models.runtime import NnUNetRuntime
-
-    config = load_config(args.config)
-    try:
-        runtime = NnUNetRuntime.from_config(config.models, args.device)
-        pipeline = create_pipeline(args.pipeline, config.models, runtime, args.model)
-        pipeline.store.require(pipeline.model)  # fail once, before reading any image
-        cases, failures = find_cases(args.input)
-    except (ModelError, PipelineError, FileNotFoundError) as exc:
-        return _fail(str(exc))
-    if not cases and not failures:
-        return _fail(f"{args.input} holds no DICOM series and no NIfTI file")
-    args.out.mkdir(parents=True, exist_ok=True)
-    outcomes = failures + process_cases(cases, pipeline, args.out, encode=not args.no_encode,
-                                          workers=args.workers)
-    done = [o for o in outcomes if o.ok]
-    print(f"{len(done)} of {len(outcomes)} case(s) segmented into {args.out}")
-    for outcome in outcomes:
-        if not outcome.ok:
-            print(f"FAILED {outcome.case.name}: {outcome.reason}", file=sys.stderr)
-    return 0 if len(done) == len(outcomes) else 1

@@ -17,9 +17,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from dicomnode.models.runtime import Fold, ModelError, ModelFolder
+
+if TYPE_CHECKING:  # the configuration validates against this registry, so no runtime import
+    from dicomnode.config import PipelineName
 
 MANIFEST = "dicomnode-model.json"
 
@@ -81,7 +84,7 @@ class ModelEntry:
     """A model the node can run, as published by its authors."""
 
     name: str
-    pipeline: str
+    pipeline: PipelineName
     modality: str
     description: str
     version: str

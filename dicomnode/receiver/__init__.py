@@ -1,7 +1,7 @@
-"""The DICOM listener (C-ECHO, C-STORE SCP) and the durable spool it writes to."""
+"""The DICOM listener (C-ECHO, C-STORE SCP): validates each data set, writes it to the
+spool (``dicomnode.storage``) and indexes it (``dicomnode.store``) before answering."""
 
 from dicomnode.receiver.errors import CorruptDataset, ReceiverError, RejectKind
 from dicomnode.receiver.scp import Receiver
-from dicomnode.receiver.spool import Spool
 
-__all__ = ["CorruptDataset", "Receiver", "ReceiverError", "RejectKind", "Spool"]
+__all__ = ["CorruptDataset", "Receiver", "ReceiverError", "RejectKind"]

@@ -15,25 +15,18 @@ from pathlib import Path
 
 import pydicom
 
+from converters.instance import frame_count
+from dicomnode.grouping import instance_identity
 from dicomnode.logs import log_event
 from dicomnode.receiver.dataset import inspect_dataset
 from dicomnode.receiver.errors import CorruptDataset
-from dicomnode.receiver.scp import SeriesStarted, describe_instance
-from dicomnode.receiver.spool import Spool
+from dicomnode.receiver.scp import SeriesStarted
+from dicomnode.storage.layout import CLEAN_MARKER
+from dicomnode.storage.spool import Spool
 from dicomnode.store import InstanceIndex, InstanceRecord
 
 LOGGER = logging.getLogger("dicomnode.receiver")
 
-#: Written in the spool root on a clean stop, removed at start.
-CLEAN_MARKER = ".clean-shutdown"
-
-
-def spool_files(root: Path) -> list[str]:
-    """Relative paths of every instance file: ``<study>/<series>/<sop>.dcm``."""
-    return [f"{study.name}/{series.name}/{item.name}"
-            for study in root.iterdir() if study.is_dir() and not study.name.startswith(".")
-            for series in study.iterdir() if series.is_dir()
-            for item in series.iterdir() if item.suffix == ".dcm"]
 
 
 def index_file(spool: Spool, relative: str) -> InstanceRecord:
@@ -45,11 +38,12 @@ def index_file(spool: Spool, relative: str) -> InstanceRecord:
     syntax = str(meta.TransferSyntaxUID)
     sop_class = str(meta.MediaStorageSOPClassUID)
     summary = inspect_dataset(raw[start:], syntax)
-    study, series = describe_instance(summary, str(meta.get("SourceApplicationEntityTitle", "")),
-                                      sop_class)
+    study, series = instance_identity(summary.attributes,
+                                      str(meta.get("SourceApplicationEntityTitle", "")),
+                                      sop_class, summary.has_pixels)
     return InstanceRecord(study, series, str(meta.MediaStorageSOPInstanceUID), sop_class, syntax,
                           summary.text("InstanceNumber") or None, relative, len(raw), None,
-                          summary.content_digest(syntax))
+                          summary.content_digest(syntax), frame_count(summary.attributes))
 
 
 def recover(spool: Spool, index: InstanceIndex, on_series_started: SeriesStarted) -> int:
@@ -61,7 +55,7 @@ def recover(spool: Spool, index: InstanceIndex, on_series_started: SeriesStarted
         return 0
     known = index.known_paths()
     added = 0
-    for relative in spool_files(spool.root):
+    for relative in spool.instance_files():
         if relative in known:
             continue
         try:

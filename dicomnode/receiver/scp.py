@@ -19,7 +19,6 @@ stays. Anything else under a held SOP Instance UID is a *conflict*: its bytes ar
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import socket
@@ -38,13 +37,15 @@ from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.exc import SQLAlchemyError
 
+from converters.instance import frame_count
 from dicomnode.config import NodeConfig, StorageConfig
 from dicomnode.logs import log_event
 from dicomnode.receiver.dataset import Command, DatasetSummary, inspect_dataset
 from dicomnode.receiver.errors import AssociationEnd, CorruptDataset, ReceiverError, RejectKind
-from dicomnode.receiver.spool import Spool
-from dicomnode.store import (IndexOutcome, InstanceIndex, InstanceRecord, SeriesKey,
-                             StudyKey)
+from dicomnode.storage.spool import Spool
+from dicomnode.grouping import SeriesKey, instance_identity
+from dicomnode.store import IndexOutcome, InstanceIndex, InstanceRecord
+from dicomnode.store.models import AssociationOutcome
 
 LOGGER = logging.getLogger("dicomnode.receiver")
 
@@ -68,37 +69,6 @@ UID_LOCK_STRIPES = 64
 TOO_MANY = (0x02, 0x03, 0x02)
 
 SeriesStarted = Callable[[IndexOutcome], None]
-
-
-def derived_uid(kind: str, *parts: str) -> str:
-    """A deterministic UID (2.25 form, PS3.5 B.2) for a missing Study/Series Instance UID."""
-    digest = hashlib.sha256("\x1f".join((kind, *parts)).encode("utf-8")).digest()
-    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
-
-
-def describe_instance(summary: DatasetSummary, calling_ae_title: str,
-                      sop_class_uid: str) -> tuple[StudyKey, SeriesKey]:
-    """Study and series of an instance; empty UIDs are derived (see the README)."""
-    text = summary.text
-    study_uid = text("StudyInstanceUID")
-    study_synth = not study_uid
-    if study_synth:
-        study_uid = derived_uid("study", calling_ae_title, text("PatientID"), text("PatientName"),
-                                text("StudyDate"), text("StudyTime"), text("AccessionNumber"),
-                                text("StudyID"))
-    series_uid = text("SeriesInstanceUID")
-    series_synth = not series_uid
-    if series_synth:
-        series_uid = derived_uid("series", study_uid, text("Modality"), text("SeriesNumber"),
-                                 text("SeriesDescription"), text("SeriesDate"),
-                                 text("SeriesTime"), text("FrameOfReferenceUID"), sop_class_uid)
-    study = StudyKey(study_uid, study_synth, text("PatientID") or None,
-                     text("PatientName") or None, text("StudyDate") or None,
-                     text("AccessionNumber") or None, text("StudyDescription") or None)
-    series = SeriesKey(series_uid, series_synth, text("Modality") or None,
-                       text("SeriesDescription") or None, text("SeriesNumber") or None,
-                       sop_class_uid, summary.has_pixels)
-    return study, series
 
 
 def _in_networks(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
@@ -209,10 +179,10 @@ class Receiver:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_RELEASED, self._on_ended, ["released", AssociationEnd.RELEASED]),
-            (evt.EVT_ABORTED, self._on_ended, ["aborted", AssociationEnd.ABORTED_BY_PEER]),
+            (evt.EVT_RELEASED, self._on_ended, [AssociationOutcome.RELEASED, AssociationEnd.RELEASED]),
+            (evt.EVT_ABORTED, self._on_ended, [AssociationOutcome.ABORTED, AssociationEnd.ABORTED_BY_PEER]),
             (evt.EVT_CONN_CLOSE, self._on_ended,
-             ["aborted", AssociationEnd.CONNECTION_CLOSED]),
+             [AssociationOutcome.ABORTED, AssociationEnd.CONNECTION_CLOSED]),
             (evt.EVT_PDU_RECV, self._on_pdu),
             (evt.EVT_DIMSE_RECV, self._on_dimse),
             (evt.EVT_C_STORE, self._on_store),
@@ -316,7 +286,7 @@ class Receiver:
         # Audited before the answer, so the row exists once the peer knows it was refused.
         self.index.open_association(calling_ae_title=calling, called_ae_title=called,
                                     address=address, port=port, tls=self.node.tls.enabled,
-                                    outcome="rejected", reason=reason)
+                                    outcome=AssociationOutcome.REJECTED, reason=reason)
         assoc.acse.send_reject(answer[0], answer[1], diagnostic)
         # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is on the
         # wire before the connection is closed, or the peer only sees an abort.
@@ -330,7 +300,7 @@ class Receiver:
         self.index.open_association(
             calling_ae_title=request.primitive.calling_ae_title.strip(),
             called_ae_title=request.primitive.called_ae_title.strip(), address=request.address,
-            port=request.port, tls=self.node.tls.enabled, outcome="rejected",
+            port=request.port, tls=self.node.tls.enabled, outcome=AssociationOutcome.REJECTED,
             reason="too-many-associations")
         log_event(LOGGER, "association.rejected", logging.WARNING,
                   reason="too-many-associations", address=request.address)
@@ -362,10 +332,10 @@ class Receiver:
                        "class this node serves (C-ECHO and the current storage SOP classes)")
         self._record(audit_id, None, abstract, kind, message)
 
-    def _on_ended(self, event: evt.Event, outcome: str, reason: AssociationEnd) -> None:
+    def _on_ended(self, event: evt.Event, outcome: AssociationOutcome, reason: AssociationEnd) -> None:
         self._end(event.assoc, outcome, reason)
 
-    def _end(self, assoc: Association, outcome: str, reason: AssociationEnd) -> None:
+    def _end(self, assoc: Association, outcome: AssociationOutcome, reason: AssociationEnd) -> None:
         if (reason is AssociationEnd.ABORTED_BY_PEER and getattr(assoc, "_sent_abort", False)
                 and assoc.dul.idle_timer_expired()):
             reason = AssociationEnd.NETWORK_TIMEOUT  # pynetdicom's own abort, not the peer's
@@ -405,7 +375,7 @@ class Receiver:
                           address=assoc.requestor.address or None)
                 _close_transport(assoc)
         for assoc in dead:
-            self._end(assoc, "aborted", reason)
+            self._end(assoc, AssociationOutcome.ABORTED, reason)
 
     def _on_dimse(self, event: evt.Event) -> None:
         """A C-STORE-RQ whose Affected SOP Instance UID is longer than 64 characters makes
@@ -428,7 +398,7 @@ class Receiver:
         try:
             self.index.open_association(calling_ae_title="", called_ae_title="",
                                         address=peer[0], port=peer[1], tls=True,
-                                        outcome="rejected", reason="tls-handshake-failed",
+                                        outcome=AssociationOutcome.REJECTED, reason="tls-handshake-failed",
                                         detail=detail[:2000])
         except SQLAlchemyError:
             LOGGER.exception("cannot record the TLS handshake failure")
@@ -547,7 +517,8 @@ class Receiver:
             log_event(LOGGER, "store.uid_lenient", logging.WARNING, association=audit_id,
                       sop_instance_uid=sop_uid, uids=list(summary.lenient_uids))
 
-        study, series = describe_instance(summary, calling, sop_class)
+        study, series = instance_identity(summary.attributes, calling, sop_class,
+                                          summary.has_pixels)
         digest = summary.content_digest(syntax)
         with self._uid_locks[hash(sop_uid) % UID_LOCK_STRIPES]:
             held = self.index.find_instance(sop_uid)
@@ -563,7 +534,7 @@ class Receiver:
                                     f"cannot write {relative}: {exc.strerror or exc}")
             record = InstanceRecord(study, series, sop_uid, sop_class, syntax,
                                     summary.text("InstanceNumber") or None, relative, size,
-                                    audit_id, digest)
+                                    audit_id, digest, frame_count(summary.attributes))
             try:
                 outcome = self.index.add_instance(record)
             except SQLAlchemyError as exc:

@@ -4,51 +4,43 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-
 from dicomnode.config import load_config
+from dicomnode.grouping import SeriesKind, group_files
 from dicomnode.rules.engine import route
 from dicomnode.rules.facts import SeriesFacts
 
 
-def _series_on_disk(path: Path) -> dict[str, list[pydicom.Dataset]]:
-    """Headers under ``path`` grouped by Series Instance UID (files that are not DICOM skipped)."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    groups: dict[str, list[pydicom.Dataset]] = defaultdict(list)
-    for file in files:
-        try:
-            ds = pydicom.dcmread(file, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError):
-            continue
-        groups[str(ds.get("SeriesInstanceUID", "") or "")].append(ds)
-    return dict(groups)
-
-
-def _slices(datasets: list[pydicom.Dataset]) -> int:
-    return sum(int(ds.get("NumberOfFrames", 1) or 1) for ds in datasets)
-
-
 def _rules_test(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    series = _series_on_disk(args.path)
-    if not series:
+    path: Path = args.path
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    groups, _ = group_files(files, args.calling_ae_title)
+    if not groups:
         print(f"no DICOM files under {args.path}")
         return 1
     report = []
-    for uid, datasets in series.items():
-        facts = SeriesFacts.from_dataset(datasets[0], slices=_slices(datasets),
-                                         calling_ae_title=args.calling_ae_title)
+    for group in groups:
+        calling = args.calling_ae_title
+        if calling is None:
+            meta = getattr(group.first_header, "file_meta", None)
+            calling = str(meta.get("SourceApplicationEntityTitle", "") if meta else "").strip()
+        facts = SeriesFacts.from_dataset(group.first_header, slices=group.frames,
+                                         calling_ae_title=calling)
+        routable = group.kind is SeriesKind.VOLUME
         decision = route(config.routing, facts)
         report.append({
-            "series_instance_uid": uid,
+            "series_instance_uid": group.series.series_instance_uid,
+            "study_instance_uid": group.study.study_instance_uid,
+            "uid_synthesized": group.series.uid_synthesized,
+            "files": len(group.paths),
+            "kind": group.kind.value,
             "facts": {k: v for k, v in vars(facts).items() if k != "extra"},
-            "matched_rules": [o.rule.name for o in decision.selected],
-            "pipelines": [p for p, _ in decision.pipelines],
-            "destinations": sorted({d for o in decision.selected for d in o.rule.destinations}),
+            "matched_rules": [o.rule.name for o in decision.selected] if routable else [],
+            "pipelines": [p for p, _ in decision.pipelines] if routable else [],
+            "destinations": sorted({d for o in decision.selected for d in o.rule.destinations})
+            if routable else [],
             "explanation": [o.explain() for o in decision.outcomes],
         })
     if args.json:
@@ -59,6 +51,9 @@ def _rules_test(args: argparse.Namespace) -> int:
         print(f"series {item['series_instance_uid'] or '(no Series Instance UID)'}: "
               f"{facts['modality']} {facts['orientation']} {facts['slices']} slices "
               f"{facts['series_description']!r}")
+        if item["kind"] != SeriesKind.VOLUME:
+            print(f"  → not processed: {item['kind']}")
+            continue
         print("  → " + (", ".join(item["matched_rules"]) or "no rule matches: not processed"))
         for text in item["explanation"]:
             print("    " + text.replace("\n", "\n    "))
@@ -71,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     test = sub.add_parser("test", parents=[common],
                           help="tell which rule each series under PATH matches and why")
     test.add_argument("path", type=Path, help="a DICOM file or a folder of them")
-    test.add_argument("--calling-ae-title", default="", help="pretend it came from this AE")
+    test.add_argument("--calling-ae-title", default=None,
+                      help="pretend it came from this AE (default: each file's Source "
+                           "Application Entity Title, else none)")
     test.add_argument("--json", action="store_true", help="machine-readable output")
     test.set_defaults(handler=_rules_test)

@@ -13,28 +13,30 @@ def _serve(args: argparse.Namespace) -> int:
     from dicomnode.logs import configure_logging
     from dicomnode.receiver import ReceiverError
     from dicomnode.service.node import Node
+    from dicomnode.storage import StorageLockedError
     from dicomnode.store import DatabaseError
 
     config = load_config(args.config)
     configure_logging(config.logging)
     try:
         Node(config).serve()
-    except (ReceiverError, DatabaseError) as exc:
+    except (ReceiverError, DatabaseError, StorageLockedError) as exc:
         print(f"dicomnode serve: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from dicomnode.service.node import spool_root
     from dicomnode.service.status import collect_status, format_status
+    from dicomnode.storage import StorageLayout
     from dicomnode.store import create_schema, make_engine
 
     config = load_config(args.config)
-    engine = make_engine(config.storage.resolved_database_url())
+    layout = StorageLayout.of(config.storage)
+    engine = make_engine(layout.database_url)
     try:
         create_schema(engine)
-        status = collect_status(engine, spool_root(config))
+        status = collect_status(engine, layout)
     finally:
         engine.dispose()
     if args.json:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import signal
 import threading
 import time
-from pathlib import Path
 from types import FrameType
 
 from sqlalchemy import Engine
@@ -17,12 +14,12 @@ from sqlalchemy.orm import sessionmaker
 from dicomnode.assembler import Assembler
 from dicomnode.config import Config
 from dicomnode.jobs.executor import Executor
-from dicomnode.jobs.processing import PipelineProcessor
-from dicomnode.jobs.service import JobService
+from dicomnode.jobs.stages import Stages
 from dicomnode.logs import log_event
-from dicomnode.receiver import Receiver, ReceiverError, Spool
+from dicomnode.receiver import Receiver
 from dicomnode.receiver.recovery import mark_clean, recover
-from dicomnode.receiver.spool import QuarantineLimits
+from dicomnode.run import CaseRunner
+from dicomnode.storage import QuarantineLimits, Spool, StorageLayout, StorageLock
 from dicomnode.store import InstanceIndex, create_schema, make_engine
 
 #: Seconds without an open association before each warm-up step runs.
@@ -31,69 +28,30 @@ WARM_UP_IDLE = 2.0
 LOGGER = logging.getLogger("dicomnode.service")
 
 
-#: The lock file in ``storage.path`` that one running node holds.
-LOCK_FILE = "dicomnode.lock"
-
-
-def spool_root(config: Config) -> Path:
-    """The spool folder: ``<storage.path>/spool``."""
-    return config.storage.path / "spool"
-
-
-class StorageLock:
-    """An exclusive lock on ``storage.path``, held for the node's whole life, so a second
-    ``serve`` on the same storage stops before it touches the spool or the database (start-up
-    recovery would otherwise cut off the first node's associations). The kernel releases it
-    when the process dies, even by ``kill -9``."""
-
-    def __init__(self, folder: Path):
-        self.path = folder / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise ReceiverError(f"another dicomnode (pid {holder}) is running on storage.path "
-                                f"{self.path.parent.resolve()}; stop it first or give this one "
-                                "its own storage.path") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
-
-
 class Node:
     """Wires receiver → spool + index → assembler → jobs (route, segment, encode, dispatch);
     :meth:`serve` runs until SIGTERM/SIGINT."""
 
     def __init__(self, config: Config):
         self.config = config
-        url = config.storage.resolved_database_url()
+        layout = StorageLayout.of(config.storage)
         fsync = config.storage.fsync
-        self.write_engine: Engine = make_engine(url, immediate=True)
-        self.scheduler_engine: Engine = make_engine(url)
-        self.lock = StorageLock(config.storage.path)
-        self.spool = Spool(spool_root(config), fsync=fsync, quarantine_limits=QuarantineLimits(
+        self.write_engine: Engine = make_engine(layout.database_url, immediate=True)
+        self.scheduler_engine: Engine = make_engine(layout.database_url)
+        self.lock = StorageLock(layout.lock_file)
+        self.spool = Spool(layout.spool, fsync=fsync, quarantine_limits=QuarantineLimits(
             config.storage.quarantine_max, config.storage.quarantine_days * 86400))
         self.index = InstanceIndex(self.write_engine)
+        self.runner = CaseRunner(config.models, config.results)
+        self.stages = Stages.build(config, sessionmaker(self.write_engine, expire_on_commit=False),
+                                   self.spool, self.runner)
+        self.executor = Executor(config, self.stages)
+        # A completed series wakes the executor: its job is routed and started at once rather
+        # than at the next poll.
         self.assembler = Assembler(self.write_engine, self.scheduler_engine,
-                                   config.assembly.series_timeout)
+                                   config.assembly.series_timeout, on_job=self.executor.wake)
         self.receiver = Receiver(config.node, config.storage, self.index, self.spool,
                                  self.assembler.series_started)
-        self.processor = PipelineProcessor(config)
-        self.jobs = JobService(config, sessionmaker(self.write_engine, expire_on_commit=False),
-                               self.spool.root, self.processor)
-        self.executor = Executor(self.jobs, workers=config.jobs.workers,
-                                 poll_interval=config.jobs.poll_interval)
         self._stopping = threading.Event()
 
     def start(self) -> None:
@@ -116,11 +74,11 @@ class Node:
             threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
 
     def _warm_up(self) -> None:
-        """Run the processor's warm-up steps, each once the receiver has been idle for
+        """Run the case runner's warm-up steps, each once the receiver has been idle for
         ``WARM_UP_IDLE`` seconds: the imports hold the GIL and would slow a transfer."""
         started = time.monotonic()
         try:
-            for step in self.processor.warm_up_steps():
+            for step in self.runner.warm_up_steps():
                 idle_since = time.monotonic()
                 while time.monotonic() - idle_since < WARM_UP_IDLE:
                     if self._stopping.wait(0.2):

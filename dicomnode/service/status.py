@@ -6,11 +6,12 @@ The JSON shape (``dicomnode status --json``)::
       "series": [{"series_instance_uid", "study_instance_uid", "uid_synthesized", "modality",
                   "series_description", "series_number", "is_image", "instances", "state",
                   "revision", "first_received_at", "last_received_at", "completed_at"}],
-      "jobs": [{"id", "series_instance_uid", "revision", "state", "instances", "created_at",
-                "updated_at", "stage_times", "attempts", "error_kind", "error_message",
-                "pipeline", "rule", "priority",
+      "jobs": [{"id", "series_instance_uid", "revision", "state", "instances", "pipeline",
+                "rule", "priority", "sender", "attempts", "error_kind", "error_message",
+                "created_at", "updated_at", "stage_times", "stage_seconds",
                 "deliveries": [{"destination", "state", "attempts", "next_attempt_at",
-                                "delivered_at", "objects", "error_kind", "error_message"}]}],
+                                "delivered_at", "objects", "error_kind", "error_message"}]}]
+              (dicomnode.store.views.job_json, also what ``dicomnode jobs`` prints),
       "destinations": [{"name", "reachable", "detail", "checked_at"}]   (last C-ECHO of each),
       "instances": <number of instances held>,
       "associations": {"total", "by_outcome": {outcome: n}, "recent": [{"id", "calling_ae_title",
@@ -27,25 +28,20 @@ Times are ISO 8601 UTC. No patient names or IDs are shown.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from dicomnode.jobs.models import Delivery, DestinationHealth
-from dicomnode.receiver.spool import CONFLICTS, QUARANTINE
-from dicomnode.store import Association, Instance, Job, Rejection, Series
+from dicomnode.storage import StorageLayout
+from dicomnode.store import (Association, AssociationOutcome, Delivery, DestinationHealth,
+                             Instance, Job, Rejection, Series)
+from dicomnode.store.views import iso as _time
+from dicomnode.store.views import job_json
 
 #: How many recent associations and rejections are listed.
 RECENT = 20
-
-
-def _time(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).isoformat()
 
 
 def _folder_usage(folder: Path | None) -> dict[str, int]:
@@ -60,13 +56,12 @@ def _folder_usage(folder: Path | None) -> dict[str, int]:
     return {"files": files, "bytes": size}
 
 
-def collect_status(engine: Engine, spool: Path | None = None) -> dict[str, Any]:
-    """Everything ``dicomnode status`` shows, as plain JSON-able data; ``spool`` (the spool
-    root) adds what the quarantine and conflict folders hold."""
+def collect_status(engine: Engine, layout: StorageLayout | None = None) -> dict[str, Any]:
+    """Everything ``dicomnode status`` shows, as plain JSON-able data; ``layout`` adds what
+    the spool's quarantine and conflict folders hold."""
 
     with Session(engine) as session:
         series = session.scalars(select(Series).order_by(Series.first_received_at)).all()
-        uid_of = {s.id: s.series_instance_uid for s in series}
         jobs = session.scalars(select(Job).order_by(Job.id)).all()
         deliveries: dict[int, list[Delivery]] = {}
         for delivery in session.scalars(select(Delivery).order_by(Delivery.id)).all():
@@ -88,25 +83,12 @@ def collect_status(engine: Engine, spool: Path | None = None) -> dict[str, Any]:
                 "uid_synthesized": s.uid_synthesized,
                 "modality": s.modality, "series_description": s.series_description,
                 "series_number": s.series_number, "is_image": s.is_image,
-                "instances": s.instance_count, "state": s.state, "revision": s.revision,
+                "instances": s.instance_count, "state": s.state.value, "revision": s.revision,
                 "first_received_at": _time(s.first_received_at),
                 "last_received_at": _time(s.last_received_at),
                 "completed_at": _time(s.completed_at),
             } for s in series],
-            "jobs": [{
-                "id": j.id, "series_instance_uid": uid_of.get(j.series_id),
-                "revision": j.revision, "state": j.state, "instances": j.instance_count,
-                "created_at": _time(j.created_at), "updated_at": _time(j.updated_at),
-                "stage_times": j.stage_times, "attempts": j.attempts,
-                "error_kind": j.error_kind, "error_message": j.error_message,
-                "pipeline": j.pipeline, "rule": j.rule, "priority": j.priority,
-                "deliveries": [{
-                    "destination": d.destination, "state": d.state, "attempts": d.attempts,
-                    "next_attempt_at": _time(d.next_attempt_at),
-                    "delivered_at": _time(d.delivered_at), "objects": len(d.stored or []),
-                    "error_kind": d.error_kind, "error_message": d.error_message,
-                } for d in deliveries.get(j.id, [])],
-            } for j in jobs],
+            "jobs": [job_json(j, deliveries.get(j.id, [])) for j in jobs],
             "destinations": [{
                 "name": h.destination, "reachable": h.reachable, "detail": h.detail,
                 "checked_at": _time(h.checked_at),
@@ -118,7 +100,7 @@ def collect_status(engine: Engine, spool: Path | None = None) -> dict[str, Any]:
                     "id": a.id, "calling_ae_title": a.calling_ae_title,
                     "called_ae_title": a.called_ae_title, "address": a.address,
                     "started_at": _time(a.started_at), "ended_at": _time(a.ended_at),
-                    "outcome": a.outcome, "reason": a.reason, "detail": a.detail,
+                    "outcome": a.outcome.value, "reason": a.reason, "detail": a.detail,
                     "instances_stored": a.instances_stored, "duplicates": a.duplicates,
                     "failures": a.failures,
                 } for a in recent_assocs],
@@ -132,8 +114,8 @@ def collect_status(engine: Engine, spool: Path | None = None) -> dict[str, Any]:
                     "kept": r.quarantine_path,
                 } for r in recent_rejects],
             },
-            "quarantine": _folder_usage(spool / QUARANTINE if spool else None),
-            "conflicts": _folder_usage(spool / CONFLICTS if spool else None),
+            "quarantine": _folder_usage(layout.quarantine if layout else None),
+            "conflicts": _folder_usage(layout.conflicts if layout else None),
         }
 
 
@@ -173,7 +155,7 @@ def format_status(status: dict[str, Any]) -> str:
     assoc = status["associations"]
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(assoc["by_outcome"].items())) or "none"
     parts.append(f"\nAssociations ({assoc['total']}): {outcomes}")
-    rejected = [a for a in assoc["recent"] if a["outcome"] == "rejected"]
+    rejected = [a for a in assoc["recent"] if a["outcome"] == AssociationOutcome.REJECTED]
     for a in rejected[:5]:
         parts.append(f"  rejected {a['started_at']} {a['calling_ae_title']}@{a['address']}: "
                      f"{a['reason']}")

@@ -13,39 +13,15 @@ from sqlalchemy import Engine, Insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from dicomnode.store.models import Association, Instance, Rejection, Series, Study, utcnow
+from dicomnode.grouping import SeriesKey, StudyKey
+from dicomnode.store.models import (Association, AssociationOutcome, Instance, Rejection, Series,
+                                    SeriesState, Study, utcnow)
 
 _studies = Study.__table__
 _series = Series.__table__
 _instances = Instance.__table__
 _associations = Association.__table__
 _rejections = Rejection.__table__
-
-
-@dataclass(frozen=True)
-class StudyKey:
-    """Study-level attributes of a received instance (Patient/Study modules)."""
-
-    study_instance_uid: str
-    uid_synthesized: bool
-    patient_id: str | None
-    patient_name: str | None
-    study_date: str | None
-    accession_number: str | None
-    study_description: str | None
-
-
-@dataclass(frozen=True)
-class SeriesKey:
-    """Series-level attributes of a received instance (General Series module)."""
-
-    series_instance_uid: str
-    uid_synthesized: bool
-    modality: str | None
-    series_description: str | None
-    series_number: str | None
-    sop_class_uid: str
-    is_image: bool
 
 
 @dataclass(frozen=True)
@@ -62,6 +38,7 @@ class InstanceRecord:
     size: int
     association_id: int | None
     content_digest: str | None = None
+    frames: int = 1
 
 
 @dataclass(frozen=True)
@@ -133,7 +110,7 @@ class InstanceIndex:
             ).first()
             if series_row is None:
                 series_id = self._create_series(conn, record, now)
-                previous_state, created = "receiving", True
+                previous_state, created = SeriesState.RECEIVING, True
             else:
                 series_id, previous_state, created = series_row.id, series_row.state, False
             inserted = conn.execute(
@@ -143,7 +120,7 @@ class InstanceIndex:
                     transfer_syntax_uid=record.transfer_syntax_uid,
                     instance_number=record.instance_number, path=record.path, size=record.size,
                     received_at=now, receive_count=1, association_id=record.association_id,
-                    content_digest=record.content_digest,
+                    content_digest=record.content_digest, frames=record.frames,
                 ).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
             ).rowcount
             if not inserted:  # indexed first by another path (recovery): the caller decides
@@ -151,11 +128,11 @@ class InstanceIndex:
                     _instances.c.sop_instance_uid == record.sop_instance_uid)).scalar()
                 return IndexOutcome(series_id, record.series.series_instance_uid, False,
                                     inserted=False, held_digest=held)
-            reopened = previous_state != "receiving"
+            reopened = previous_state != SeriesState.RECEIVING
             values: dict[str, object] = {
                 "instance_count": _series.c.instance_count + 1, "last_received_at": now}
             if reopened:
-                values.update(state="receiving", revision=_series.c.revision + 1,
+                values.update(state=SeriesState.RECEIVING, revision=_series.c.revision + 1,
                               completed_at=None)
             conn.execute(update(_series).where(_series.c.id == series_id).values(**values))
             if record.association_id is not None:
@@ -179,7 +156,7 @@ class InstanceIndex:
             series_instance_uid=series.series_instance_uid, study_id=study_id,
             uid_synthesized=series.uid_synthesized, modality=series.modality,
             series_description=series.series_description, series_number=series.series_number,
-            sop_class_uid=series.sop_class_uid, is_image=series.is_image, state="receiving",
+            sop_class_uid=series.sop_class_uid, is_image=series.is_image, state=SeriesState.RECEIVING,
             revision=1, instance_count=0, first_received_at=now, last_received_at=now,
         ).on_conflict_do_nothing(index_elements=["series_instance_uid"]))
         return int(conn.execute(select(_series.c.id).where(
@@ -200,7 +177,7 @@ class InstanceIndex:
                              .values(failures=_associations.c.failures + 1))
 
     def open_association(self, *, calling_ae_title: str, called_ae_title: str, address: str,
-                         port: int | None, tls: bool, outcome: str = "open",
+                         port: int | None, tls: bool, outcome: AssociationOutcome = AssociationOutcome.OPEN,
                          reason: str | None = None, detail: str | None = None) -> int:
         """Start the audit row of an association; rejected ones are closed at once."""
         now = utcnow()
@@ -208,17 +185,17 @@ class InstanceIndex:
             result = conn.execute(_associations.insert().values(
                 calling_ae_title=calling_ae_title, called_ae_title=called_ae_title,
                 address=address, port=port, tls=tls, started_at=now,
-                ended_at=None if outcome == "open" else now, outcome=outcome, reason=reason,
+                ended_at=None if outcome == AssociationOutcome.OPEN else now, outcome=outcome, reason=reason,
                 detail=detail, instances_stored=0, duplicates=0, failures=0))
             return int(result.inserted_primary_key[0])
 
-    def close_association(self, association_id: int, outcome: str, reason: str,
+    def close_association(self, association_id: int, outcome: AssociationOutcome, reason: str,
                           detail: str | None = None) -> None:
         """Finish the audit row: ``released`` or ``aborted``, and why."""
         with self.engine.begin() as conn:
             conn.execute(update(_associations)
                          .where(_associations.c.id == association_id,
-                                _associations.c.outcome == "open")
+                                _associations.c.outcome == AssociationOutcome.OPEN)
                          .values(outcome=outcome, reason=reason, detail=detail,
                                  ended_at=utcnow()))
 
@@ -226,6 +203,7 @@ class InstanceIndex:
         """After a crash, associations still ``open`` were cut off: mark them ``aborted``."""
         with self.engine.begin() as conn:
             return conn.execute(update(_associations)
-                                .where(_associations.c.outcome == "open")
-                                .values(outcome="aborted", reason="node-restarted",
+                                .where(_associations.c.outcome == AssociationOutcome.OPEN)
+                                .values(outcome=AssociationOutcome.ABORTED,
+                                        reason="node-restarted",
                                         ended_at=utcnow())).rowcount

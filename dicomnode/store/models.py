@@ -3,17 +3,20 @@
 Study → Series → Instance mirrors the DICOM information model (PS3.3 A.1.2). The spool file is
 the instance itself; a row here says it is complete, durable and where it lies. ``Rejection``
 keeps every C-STORE we answered with a failure status, so an operator can see why a sender's
-image is not here. ``Job`` is the seam for later stages: one row per complete series revision,
-moved through states by routing, inference and dispatch.
+image is not here. Jobs and deliveries are in :mod:`dicomnode.store.jobs`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Enum, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+if TYPE_CHECKING:
+    from dicomnode.store.jobs import Job
 
 #: DICOM UIDs are at most 64 characters (PS3.5 9.1).
 UID = String(64)
@@ -22,6 +25,33 @@ UID = String(64)
 def utcnow() -> datetime:
     """Now, timezone-aware UTC (all timestamps in the index are UTC)."""
     return datetime.now(timezone.utc)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A timestamp read back from the index as aware UTC: SQLite returns naive datetimes."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def state_column(states: type[StrEnum], length: int = 32) -> Enum:
+    """A column type holding a state enum as its value strings (VARCHAR, no native ENUM),
+    so rows written before a state existed still read back and new states need no migration
+    on PostgreSQL."""
+    return Enum(states, native_enum=False, length=length, create_constraint=False,
+                values_callable=lambda members: [m.value for m in members])
+
+
+class SeriesState(StrEnum):
+    """Assembly state of a series (see :mod:`dicomnode.assembler`)."""
+
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+
+
+class AssociationOutcome(StrEnum):
+    OPEN = "open"
+    RELEASED = "released"
+    ABORTED = "aborted"
+    REJECTED = "rejected"
 
 
 class Base(DeclarativeBase):
@@ -67,7 +97,8 @@ class Series(Base):
     sop_class_uid: Mapped[str | None] = mapped_column(UID)
     #: False for SR, PR, KO and other non-image objects: stored, never an image job.
     is_image: Mapped[bool] = mapped_column(Boolean, default=True)
-    state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
+    state: Mapped[SeriesState] = mapped_column(state_column(SeriesState, 16),
+                                               default=SeriesState.RECEIVING, index=True)
     revision: Mapped[int] = mapped_column(Integer, default=1)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -91,6 +122,9 @@ class Instance(Base):
     #: Path relative to the spool root: ``<study>/<series>/<sop>.dcm``.
     path: Mapped[str] = mapped_column(Text)
     size: Mapped[int] = mapped_column(BigInteger)
+    #: Frames the instance holds (``converters.instance.frame_count``); NULL for rows of
+    #: older versions, counted as 1.
+    frames: Mapped[int | None] = mapped_column(Integer)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     #: How many times the instance was received (resends are acknowledged and counted).
     receive_count: Mapped[int] = mapped_column(Integer, default=1)
@@ -114,8 +148,8 @@ class Association(Base):
     tls: Mapped[bool] = mapped_column(Boolean, default=False)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    #: ``open``, ``released``, ``aborted`` or ``rejected``.
-    outcome: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    outcome: Mapped[AssociationOutcome] = mapped_column(
+        state_column(AssociationOutcome, 16), default=AssociationOutcome.OPEN, index=True)
     #: Why an association was rejected or ended (``calling-ae-not-allowed``,
     #: ``released-by-peer``, ``protocol-error``... see ``receiver.errors``).
     reason: Mapped[str | None] = mapped_column(String(64))
@@ -143,44 +177,3 @@ class Rejection(Base):
     status: Mapped[int] = mapped_column(Integer)
     #: Where the bytes were kept for inspection (relative to the spool), if they were.
     quarantine_path: Mapped[str | None] = mapped_column(Text)
-
-
-class Job(Base):
-    """One unit of work for later stages: a complete series at a given revision.
-
-    Created in state ``complete`` by the assembler. Later stages (routing, inference, dispatch)
-    move it on with :meth:`transition`, which keeps ``stage_times`` (state → first time it was
-    entered, ISO 8601 UTC) so every stage stays visible without schema changes. A failure sets
-    ``error_kind`` (a short machine-readable word) and ``error_message`` (for a person).
-    """
-
-    __tablename__ = "jobs"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
-    revision: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(32), index=True)
-    instance_count: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    stage_times: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    #: Set by routing (dicomnode.jobs): the pipeline this job runs, the rule that chose it,
-    #: its queue priority (higher first) and the destination names its results go to.
-    pipeline: Mapped[str | None] = mapped_column(String(64))
-    rule: Mapped[str | None] = mapped_column(String(128))
-    priority: Mapped[int] = mapped_column(Integer, default=0)
-    destinations: Mapped[list[str]] = mapped_column(JSON, default=list)
-    error_kind: Mapped[str | None] = mapped_column(String(64))
-    error_message: Mapped[str | None] = mapped_column(Text)
-    series: Mapped[Series] = relationship(back_populates="jobs")
-
-    def transition(self, state: str, *, error_kind: str | None = None,
-                   error_message: str | None = None) -> None:
-        """Move to ``state``, stamping the time; errors are cleared unless given."""
-        now = utcnow()
-        self.state = state
-        self.updated_at = now
-        self.stage_times = {**(self.stage_times or {}), state: now.isoformat()}
-        self.error_kind = error_kind
-        self.error_message = error_message

@@ -11,7 +11,7 @@ import itertools
 import shutil
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pydicom
 import pytest
@@ -26,10 +26,12 @@ from converters.volume import (
 )
 from dicomnode.assembler import Assembler
 from dicomnode.config import Config, parse_config
-from dicomnode.jobs.models import Delivery, DeliveryState, JobState
-from dicomnode.jobs.service import JobError, JobService, SeriesIdentity, _error_kind, backoff
-from dicomnode.store import create_schema, make_engine
-from dicomnode.store.models import Instance, Job, Series, Study, utcnow
+from dicomnode.dispatcher import backoff
+from dicomnode.jobs.stages import Stages
+from dicomnode.run.case import Case, CaseStep, CaseSummary, OnStep
+from dicomnode.storage import Spool, StorageLayout
+from dicomnode.store import (Delivery, DeliveryState, Instance, Job, JobError, JobState, Series,
+                             SeriesState, Study, create_schema, error_kind, make_engine, utcnow)
 from tests.shared_data import EXAMPLE_CT_DICOM
 from tests.orthanc import ORTHANC, Orthanc, free_port
 
@@ -54,26 +56,26 @@ def _config(tmp_path: Path, port: int, **sections: Any) -> Config:
     return parse_config(data, tmp_path / "config.yaml")
 
 
-class CopyProcessor:
-    """Writes one derived object per job; can be told to fail for a pipeline."""
+class CopyRunner:
+    """Stands in for the case runner: writes one derived object per job; can be told to fail."""
 
     def __init__(self) -> None:
         self.fail: Exception | None = None
         self.calls: list[str] = []
 
-    def __call__(self, pipeline: str, paths: list[Path], out: Path,
-                 stage: Callable[[str], None], identity: SeriesIdentity) -> dict[str, Any]:
+    def run_pipeline(self, pipeline: str, case: Case, out: Path, on_step: OnStep) -> CaseSummary:
         self.calls.append(pipeline)
-        stage("segmenting")
+        on_step(CaseStep.SEGMENTING)
         if self.fail is not None:
             raise self.fail
-        stage("encoding")
+        on_step(CaseStep.ENCODING)
+        paths = case.paths
         ds = pydicom.dcmread(paths[0])
         ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(paths[0]), "series"])
         ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(paths[0]), pipeline])
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.save_as(out / "00_result.dcm")
-        return {"structures": ["T12"]}
+        return CaseSummary({}, "copy", ("T12",), (out / "00_result.dcm",))
 
 
 class World:
@@ -83,12 +85,17 @@ class World:
         self.orthanc = orthanc
         self.config = _config(tmp_path, orthanc.dicom_port, **sections)
         self.config.storage.database_url = database_url  # "" = SQLite under storage.path
-        engine = make_engine(self.config.storage.resolved_database_url(), immediate=True)
+        self.layout = StorageLayout.of(self.config.storage)
+        engine = make_engine(self.layout.database_url, immediate=True)
         create_schema(engine)
         self.sessions = sessionmaker(engine, expire_on_commit=False)
-        self.spool = self.config.storage.path / "spool"
-        self.processor = CopyProcessor()
-        self.service = JobService(self.config, self.sessions, self.spool, self.processor)
+        self.spool = self.layout.spool
+        self.processor = CopyRunner()
+        self.stages = self.build_stages()
+
+    def build_stages(self) -> Stages:
+        """The stages over this world's database and storage (again: a restarted node)."""
+        return Stages.build(self.config, self.sessions, Spool(self.spool), self.processor)
 
     def add_series(self, modality: str = "CT", image_type: str = "ORIGINAL\\PRIMARY\\AXIAL",
                    is_image: bool = True, slices: int = 3, sop_class_uid: str | None = None
@@ -101,7 +108,7 @@ class World:
         with self.sessions.begin() as session:
             study = Study(study_instance_uid=study_uid, first_received_at=now)
             series = Series(series_instance_uid=series_uid, study=study, modality=modality,
-                            is_image=is_image, state="complete", first_received_at=now,
+                            is_image=is_image, state=SeriesState.COMPLETE, first_received_at=now,
                             last_received_at=now, instance_count=slices,
                             sop_class_uid=sop_class_uid)
             session.add_all([study, series])
@@ -121,9 +128,7 @@ class World:
                                      sop_class_uid=ds.SOPClassUID, path=relative, size=1,
                                      transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
                                      received_at=now))
-            job = Job(series_id=series.id, revision=1, state=JobState.COMPLETE,
-                      instance_count=slices, created_at=now, updated_at=now)
-            job.transition(JobState.COMPLETE)
+            job = Job.for_series(series)
             session.add(job)
             session.flush()
             return job.id
@@ -139,9 +144,9 @@ class World:
             return list(session.query(Delivery).filter(Delivery.job_id == job_id))
 
     def run_all(self) -> None:
-        self.service.route_pending()
-        while (job_id := self.service.claim_next()) is not None:
-            self.service.run_job(job_id)
+        self.stages.router.route_pending()
+        while (job_id := self.stages.worker.claim_next()) is not None:
+            self.stages.worker.run_job(job_id)
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +171,7 @@ def test_series_is_routed_run_and_delivered(tmp_path: Path, orthanc: Orthanc,
     job = world.job(job_id)
     assert (job.state, job.pipeline, job.rule, job.destinations) == (
         JobState.DISPATCHING, "vertebral-bodies-ct", "ct", ["pacs"])
-    assert world.service.dispatch_due() == 1
+    assert world.stages.dispatcher.dispatch_due() == 1
     job = world.job(job_id)
     assert job.state == JobState.DONE
     for stage in ("complete", "routed", "loading", "segmenting", "encoding", "dispatching", "done"):
@@ -184,7 +189,7 @@ def test_results_are_flushed_to_disk_before_the_job_moves_to_dispatch(
     its files."""
     import os
 
-    import dicomnode.receiver.spool as spool
+    import dicomnode.storage.durable as durable
 
     world = World(tmp_path, orthanc, database_url)
     job_id = world.add_series()
@@ -195,10 +200,10 @@ def test_results_are_flushed_to_disk_before_the_job_moves_to_dispatch(
         flushed.append((os.readlink(f"/proc/self/fd/{fd}"), world.job(job_id).state))
         real_fsync(fd)
 
-    monkeypatch.setattr(spool.os, "fsync", recording_fsync)
+    monkeypatch.setattr(durable.os, "fsync", recording_fsync)
     world.run_all()
     assert world.job(job_id).state == JobState.DISPATCHING
-    results = world.service.results_dir(job_id)
+    results = world.layout.results(job_id)
     partial = f"{results}.partial"
     assert (f"{partial}/00_result.dcm", JobState.ENCODING) in flushed
     assert (partial, JobState.ENCODING) in flushed
@@ -206,6 +211,7 @@ def test_results_are_flushed_to_disk_before_the_job_moves_to_dispatch(
 
     flushed.clear()
     world.config.storage.fsync = False
+    world.stages = world.build_stages()  # the setting is read when the node starts
     second = world.add_series()
     world.run_all()
     assert world.job(second).state == JobState.DISPATCHING and flushed == []
@@ -255,7 +261,7 @@ def test_ct_series_that_starts_with_a_secondary_capture_is_still_routed(
         instances = session.query(Instance).filter(Instance.series_id == series_id)
         for instance in instances.order_by(Instance.id).offset(1):
             instance.sop_class_uid = "1.2.840.10008.5.1.4.1.1.2"
-    world.service.route_pending()
+    world.stages.router.route_pending()
     assert world.job(job_id).state == JobState.ROUTED
 
 
@@ -267,7 +273,7 @@ def test_ct_series_that_starts_with_a_secondary_capture_is_still_routed(
 def test_volume_error_kinds_match_the_kinds_jobs_record(error: VolumeError) -> None:
     """A loader error that reaches run_job is recorded under its class name; the loader's own
     ``kind`` must say the same."""
-    assert _error_kind(error) == error.kind
+    assert error_kind(error) == error.kind
 
 
 def test_all_match_mode_makes_one_job_per_pipeline(tmp_path: Path, orthanc: Orthanc,
@@ -276,7 +282,7 @@ def test_all_match_mode_makes_one_job_per_pipeline(tmp_path: Path, orthanc: Orth
     world.config.routing.mode = "all"
     world.config.routing.rules[1].match.modality = ["CT"]
     job_id = world.add_series()
-    routed = world.service.route_job(job_id)
+    routed = world.stages.router.route_job(job_id)
     assert len(routed) == 2
     assert sorted(world.job(j).pipeline for j in routed) == ["totalspineseg",
                                                              "vertebral-bodies-ct"]
@@ -287,10 +293,10 @@ def test_priority_orders_the_queue(tmp_path: Path, orthanc: Orthanc,
     world = World(tmp_path, orthanc, database_url)
     mr = world.add_series(modality="MR")
     ct = world.add_series(modality="CT")
-    world.service.route_pending()
-    assert world.service.claim_next() == ct  # rule "ct" has priority 1, "mr" 0
-    assert world.service.claim_next() == mr
-    assert world.service.claim_next() is None
+    world.stages.router.route_pending()
+    assert world.stages.worker.claim_next() == ct  # rule "ct" has priority 1, "mr" 0
+    assert world.stages.worker.claim_next() == mr
+    assert world.stages.worker.claim_next() is None
 
 
 def test_failing_series_fails_with_its_reason_and_the_next_still_runs(tmp_path: Path,
@@ -306,7 +312,7 @@ def test_failing_series_fails_with_its_reason_and_the_next_still_runs(tmp_path: 
     job = world.job(bad)
     assert (job.state, job.error_kind) == (JobState.FAILED, "slice-missing")
     assert "42.0 and 48.0" in (job.error_message or "")
-    assert not world.service.results_dir(bad).exists()
+    assert not world.layout.results(bad).exists()
     world.processor.fail = None
     good = world.add_series()
     world.run_all()
@@ -320,20 +326,20 @@ def test_destination_down_is_retried_then_dead_then_requeued_by_hand(tmp_path: P
     world.config.destinations["pacs"].port = free_port()  # nobody listens there
     job_id = world.add_series()
     world.run_all()
-    world.service.dispatch_due()
+    world.stages.dispatcher.dispatch_due()
     (delivery,) = world.deliveries(job_id)
     assert (delivery.state, delivery.attempts, delivery.error_kind) == (
         DeliveryState.PENDING, 1, "unreachable")
     assert world.job(job_id).state == JobState.DISPATCHING
     for _ in range(2):
-        world.service.dispatch_due(now=utcnow() + timedelta(seconds=5))
+        world.stages.dispatcher.dispatch_due(now=utcnow() + timedelta(seconds=5))
     (delivery,) = world.deliveries(job_id)
     assert (delivery.state, delivery.attempts) == (DeliveryState.DEAD, 3)
     job = world.job(job_id)
     assert (job.state, job.error_kind) == (JobState.DEAD, "unreachable")
     world.config.destinations["pacs"].port = orthanc.dicom_port  # the PACS is back
-    assert world.service.retry(job_id) == "dispatching"
-    world.service.dispatch_due()
+    assert world.stages.control.retry(job_id) == "dispatching"
+    world.stages.dispatcher.dispatch_due()
     assert world.job(job_id).state == JobState.DONE
     assert world.processor.calls == ["vertebral-bodies-ct"]  # results re-sent, not recomputed
 
@@ -342,13 +348,13 @@ def test_restart_requeues_jobs_a_worker_held(tmp_path: Path, orthanc: Orthanc,
         database_url: str) -> None:
     world = World(tmp_path, orthanc, database_url)
     job_id = world.add_series()
-    world.service.route_pending()
-    assert world.service.claim_next() == job_id
-    partial = world.service.results_dir(job_id).with_name(f"{job_id:08d}.partial")
+    world.stages.router.route_pending()
+    assert world.stages.worker.claim_next() == job_id
+    partial = world.layout.results(job_id).with_name(f"{job_id:08d}.partial")
     partial.mkdir(parents=True)
     # the process dies here; a new service over the same database recovers
-    again = JobService(world.config, world.sessions, world.spool, world.processor)
-    assert again.recover() == 1
+    again = world.build_stages()
+    assert again.control.recover() == 1
     assert world.job(job_id).state == JobState.ROUTED and not partial.exists()
     world.run_all()
     assert world.job(job_id).state == JobState.DISPATCHING
@@ -362,8 +368,8 @@ def test_late_instance_supersedes_a_queued_job_but_not_a_running_one(tmp_path: P
     it; the job a worker already holds runs to the end."""
     world = World(tmp_path, orthanc, database_url)
     running, queued = world.add_series(), world.add_series()
-    world.service.route_pending()
-    assert world.service.claim_next() == running  # same priority: oldest first
+    world.stages.router.route_pending()
+    assert world.stages.worker.claim_next() == running  # same priority: oldest first
     with world.sessions.begin() as session:
         for job_id in (running, queued):
             series = session.get(Job, job_id).series
@@ -371,9 +377,9 @@ def test_late_instance_supersedes_a_queued_job_but_not_a_running_one(tmp_path: P
             Assembler._complete(session, series, utcnow())
     assert world.job(running).state == JobState.LOADING
     assert world.job(queued).state == JobState.SUPERSEDED
-    world.service.route_pending()
-    claimed = {world.service.claim_next(), world.service.claim_next()}
-    assert world.service.claim_next() is None
+    world.stages.router.route_pending()
+    claimed = {world.stages.worker.claim_next(), world.stages.worker.claim_next()}
+    assert world.stages.worker.claim_next() is None
     assert {(world.job(j).revision, world.job(j).instance_count) for j in claimed} == {(2, 4)}
     assert {world.job(j).series_id for j in claimed} == {world.job(running).series_id,
                                                         world.job(queued).series_id}
@@ -385,30 +391,30 @@ def test_restart_supersedes_a_held_job_whose_series_grew(tmp_path: Path, orthanc
     its own job): at restart revision 1 is superseded, not run again."""
     world = World(tmp_path, orthanc, database_url)
     job_id = world.add_series()
-    world.service.route_pending()
-    assert world.service.claim_next() == job_id
+    world.stages.router.route_pending()
+    assert world.stages.worker.claim_next() == job_id
     with world.sessions.begin() as session:
         session.get(Job, job_id).series.revision = 2
-    again = JobService(world.config, world.sessions, world.spool, world.processor)
-    assert again.recover() == 0
+    again = world.build_stages()
+    assert again.control.recover() == 0
     assert world.job(job_id).state == JobState.SUPERSEDED
-    assert again.claim_next() is None
+    assert again.worker.claim_next() is None
 
 
 def test_cancel_and_retry_rules(tmp_path: Path, orthanc: Orthanc,
         database_url: str) -> None:
     world = World(tmp_path, orthanc, database_url)
     job_id = world.add_series()
-    world.service.route_pending()
-    world.service.cancel(job_id)
-    assert world.service.claim_next() is None
+    world.stages.router.route_pending()
+    world.stages.control.cancel(job_id)
+    assert world.stages.worker.claim_next() is None
     with pytest.raises(JobError, match="already cancelled"):
-        world.service.cancel(job_id)
-    assert world.service.retry(job_id) == "routed"
+        world.stages.control.cancel(job_id)
+    assert world.stages.control.retry(job_id) == "routed"
     with pytest.raises(JobError, match="only failed, dead, cancelled"):
-        world.service.retry(job_id)
+        world.stages.control.retry(job_id)
     with pytest.raises(JobError, match="no job 999"):
-        world.service.retry(999)
+        world.stages.control.retry(999)
 
 
 def test_retention_never_purges_undelivered_results(tmp_path: Path, orthanc: Orthanc,
@@ -417,25 +423,25 @@ def test_retention_never_purges_undelivered_results(tmp_path: Path, orthanc: Ort
     delivered, waiting = world.add_series(), world.add_series()
     world.run_all()
     world.config.destinations["pacs"].port = free_port()
-    world.service.dispatch_due()  # both fail once
+    world.stages.dispatcher.dispatch_due()  # both fail once
     world.config.destinations["pacs"].port = orthanc.dicom_port
     with world.sessions.begin() as session:  # only the first gets delivered
         delivery = session.query(Delivery).filter(Delivery.job_id == waiting).one()
         delivery.next_attempt_at = utcnow() + timedelta(days=1)
-    world.service.dispatch_due(now=utcnow() + timedelta(seconds=1))
+    world.stages.dispatcher.dispatch_due(now=utcnow() + timedelta(seconds=1))
     assert world.job(delivered).state == JobState.DONE
     assert world.job(waiting).state == JobState.DISPATCHING
-    assert world.service.purge() == []  # nothing is old enough yet
+    assert world.stages.retention.purge() == []  # nothing is old enough yet
     later = utcnow() + timedelta(hours=2)
-    assert world.service.purge(now=later) == [delivered]
-    assert not world.service.results_dir(delivered).exists()
-    assert world.service.results_dir(waiting).exists()
+    assert world.stages.retention.purge(now=later) == [delivered]
+    assert not world.layout.results(delivered).exists()
+    assert world.layout.results(waiting).exists()
     with world.sessions() as session:
         spooled = session.query(Instance).join(Job, Job.series_id == Instance.series_id)
         assert {j.id for j in session.query(Job)} == {delivered, waiting}
         assert spooled.filter(Job.id == delivered).count() == 0
         assert spooled.filter(Job.id == waiting).count() == 3
-    assert world.service.purge(now=later) == []  # purged once only
+    assert world.stages.retention.purge(now=later) == []  # purged once only
 
 
 def test_emergency_purge_takes_the_oldest_delivered_job_first(tmp_path: Path,
@@ -443,10 +449,54 @@ def test_emergency_purge_takes_the_oldest_delivered_job_first(tmp_path: Path,
         database_url: str) -> None:
     world = World(tmp_path, orthanc, database_url, retention={"keep_done_hours": 0})
     world.config.storage.min_free = 10**9
+    world.stages = world.build_stages()  # the setting is read when the node starts
     first, second = world.add_series(), world.add_series()
     world.run_all()
-    world.service.dispatch_due()
-    assert world.service.purge() == []  # keep_done_hours 0: never, unless disk is short
-    assert world.service.purge(free_bytes=10**6) == [first]
-    assert world.service.purge(free_bytes=10**6) == [second]
+    world.stages.dispatcher.dispatch_due()
+    assert world.stages.retention.purge() == []  # keep_done_hours 0: never, unless disk is short
+    assert world.stages.retention.purge(free_bytes=10**6) == [first]
+    assert world.stages.retention.purge(free_bytes=10**6) == [second]
     shutil.rmtree(tmp_path / "var", ignore_errors=True)
+
+
+def test_a_wake_up_starts_a_new_job_without_waiting_for_the_poll(
+        tmp_path: Path, orthanc: Orthanc) -> None:
+    """With a 30 s poll the executor still routes, runs and delivers a new job at once once
+    woken (the node wakes it when the assembler creates a job); without the wake-up it would
+    sit for up to poll_interval."""
+    import time
+
+    from dicomnode.jobs.executor import Executor
+
+    world = World(tmp_path, orthanc, "", jobs={"poll_interval": 30, "workers": 1})
+    executor = Executor(world.config, world.stages)
+    executor.start()
+    try:
+        time.sleep(0.5)  # every thread is asleep in its first wait now
+        job_id = world.add_series()
+        started = time.monotonic()
+        executor.wake()
+        while world.job(job_id).state != JobState.DONE:
+            assert time.monotonic() - started < 10, world.job(job_id).state
+            time.sleep(0.05)
+    finally:
+        executor.stop()
+
+
+def test_the_assembler_wakes_the_executor_when_it_creates_a_job(tmp_path: Path,
+                                                                orthanc: Orthanc) -> None:
+    world = World(tmp_path, orthanc, "")
+    engine = world.sessions.kw["bind"]
+    woken: list[bool] = []
+    assembler = Assembler(engine, engine, 0.01, on_job=lambda: woken.append(True))
+    with world.sessions.begin() as session:
+        study = Study(study_instance_uid=generate_uid(), first_received_at=utcnow())
+        series = Series(series_instance_uid=generate_uid(), study=study, modality="CT",
+                        is_image=True, state=SeriesState.RECEIVING, instance_count=1,
+                        first_received_at=utcnow() - timedelta(seconds=5),
+                        last_received_at=utcnow() - timedelta(seconds=5))
+        session.add_all([study, series])
+        session.flush()
+        series_id = series.id
+    job = assembler.complete_if_quiet(series_id)
+    assert job is not None and job.state == JobState.COMPLETE and woken == [True]

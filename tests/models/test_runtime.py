@@ -12,9 +12,11 @@ import pytest
 import SimpleITK as sitk
 
 from dicomnode.cli import main
-from dicomnode.models.pipelines import Pipeline, PipelineError, PipelineMetadata, PipelineResult, get_pipeline
+from dicomnode.models.pipelines import Pipeline, PipelineError, RunProvenance, PipelineResult, get_pipeline
 from dicomnode.models.pipelines.base import VolumeLike, labelmap_like
-from dicomnode.models.process import find_cases, process_cases
+from dicomnode.config import parse_config
+from dicomnode.run.batch import find_cases, process_cases
+from dicomnode.run.case import CaseRunner
 from dicomnode.models.registry import ModelNotInstalled, ModelStore, get_entry
 from dicomnode.models.runtime import (
     DeviceError,
@@ -183,7 +185,7 @@ class _BoxBodies(Pipeline):
         array = np.zeros(sitk.GetArrayViewFromImage(volume.image).shape, np.uint8)
         for k, label in enumerate((13, 14, 15)):
             array[1 + 3 * k:3 + 3 * k, 4:14, 6:18] = label
-        metadata = PipelineMetadata(self.name, self.version, self.model, "test", {})
+        metadata = RunProvenance(self.name, self.version, self.model, "test", {})
         return PipelineResult(labelmap_like(array, volume.image), vertebral_bodies_ct(), metadata)
 
 
@@ -197,10 +199,13 @@ def test_process_dicom_folder_writes_seg_sr_preview_per_series(tmp_path: Path) -
                                                seed=i)
         synthetic.write_series(series, folder / name)
     (folder / "README").write_text("not DICOM")
-    cases, failures = find_cases(folder)
-    assert len(cases) == 2 and not failures
-    pipeline = _BoxBodies(ModelStore(tmp_path / "models"), NnUNetRuntime("cpu"))
-    outcomes = process_cases(cases, pipeline, tmp_path / "out", progress=False)
+    cases, skipped = find_cases(folder)
+    assert len(cases) == 2 and not skipped
+    runtime = NnUNetRuntime("cpu")
+    pipeline = _BoxBodies(ModelStore(tmp_path / "models"), runtime)
+    config = parse_config({})
+    runner = CaseRunner(config.models, config.results, runtime=runtime)
+    outcomes = process_cases(runner, cases, pipeline, tmp_path / "out", progress=False)
     assert all(o.ok for o in outcomes), [o.reason for o in outcomes]
     for outcome in outcomes:
         case = tmp_path / "out" / outcome.case.name
@@ -209,3 +214,35 @@ def test_process_dicom_folder_writes_seg_sr_preview_per_series(tmp_path: Path) -
         assert (case / "preview.png").is_file() and (case / "labels.nii.gz").is_file()
         assert json.loads((case / "result.json").read_text())["structures"] == [
             "body_L1", "body_L2", "body_L3"]
+
+
+@pytest.mark.parametrize("results, seg_class, seg_syntax, modalities", [
+    ({}, "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.1.2.1", {"SEG", "SR", "OT"}),
+    ({"seg_type": "labelmap"}, "1.2.840.10008.5.1.4.1.1.66.7", "1.2.840.10008.1.2.5",
+     {"SEG", "SR", "OT"}),
+    ({"seg_type": "labelmap", "labelmap_compression": "none", "sr": False, "preview": False},
+     "1.2.840.10008.5.1.4.1.1.66.7", "1.2.840.10008.1.2.1", {"SEG"}),
+], ids=["binary", "labelmap-rle", "labelmap-plain-seg-only"])
+def test_results_section_selects_what_the_case_runner_writes(
+        tmp_path: Path, results: dict[str, object], seg_class: str, seg_syntax: str,
+        modalities: set[str]) -> None:
+    """``results.seg_type``, ``.labelmap_compression``, ``.sr`` and ``.preview`` reach the
+    encoders through the one case runner (serve and process alike)."""
+    import pydicom
+
+    from dicomnode.run.batch import find_cases
+
+    synthetic = pytest.importorskip("tests.synthetic")
+    series = synthetic.single_frame_series(name="ct", shape=(10, 20, 24), spacing=(1.0, 1.0, 3.0))
+    synthetic.write_series(series, tmp_path / "in")
+    (case,), _ = find_cases(tmp_path / "in")
+    runtime = NnUNetRuntime("cpu")
+    config = parse_config({"results": results})
+    runner = CaseRunner(config.models, config.results, runtime=runtime)
+    summary = runner.run(case, _BoxBodies(ModelStore(tmp_path / "models"), runtime),
+                         tmp_path / "out")
+    objects = [pydicom.dcmread(p) for p in summary.outputs if p.suffix == ".dcm"]
+    assert {ds.Modality for ds in objects} == modalities
+    (seg,) = [ds for ds in objects if ds.Modality == "SEG"]
+    assert (seg.SOPClassUID, seg.file_meta.TransferSyntaxUID) == (seg_class, seg_syntax)
+    assert (tmp_path / "out" / "preview.png").exists() == ("OT" in modalities)

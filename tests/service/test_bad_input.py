@@ -28,7 +28,7 @@ from pydicom.uid import ImplicitVRLittleEndian as IMPLICIT
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
 from dicomnode.receiver.errors import STATUS, RejectKind
-from dicomnode.receiver.spool import safe_name
+from dicomnode.storage.spool import safe_name
 from tests.service import hostile
 from tests.service.conftest import EXAMPLE_CT, RunningNode, base_config, free_port, running_nodes
 from tests.service.hostile import CT_IMAGE_STORAGE, Payload, edited, encode, good_ct, payload

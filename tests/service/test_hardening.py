@@ -292,7 +292,8 @@ def test_an_exception_in_the_handler_is_a_typed_recorded_refusal(
     ``internal-error`` (0xA7FF) with the traceback logged, the bytes kept and a row written.
     In-process, so that a fault can be injected into a real receiver on a real association."""
     from dicomnode.config import NodeConfig, StorageConfig
-    from dicomnode.receiver import Receiver, Spool
+    from dicomnode.receiver import Receiver
+    from dicomnode.storage import Spool
     from dicomnode.store import InstanceIndex, create_schema, make_engine
 
     engine = make_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}", immediate=True)
@@ -326,7 +327,7 @@ def test_an_exception_in_the_handler_is_a_typed_recorded_refusal(
 
 
 def test_quarantine_keeps_within_its_size_and_age(tmp_path: Path) -> None:
-    from dicomnode.receiver.spool import QuarantineLimits, Spool
+    from dicomnode.storage.spool import QuarantineLimits, Spool
 
     spool = Spool(tmp_path / "spool", quarantine_limits=QuarantineLimits(1000, 3600))
     spool.prepare()

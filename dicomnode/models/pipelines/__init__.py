@@ -5,10 +5,11 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
+from dicomnode.config import PIPELINES as PIPELINE_NAMES
 from dicomnode.models.pipelines.base import (
     Pipeline,
     PipelineError,
-    PipelineMetadata,
+    RunProvenance,
     PipelineResult,
     VolumeLike,
 )
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 PIPELINES: Mapping[str, type[Pipeline]] = MappingProxyType(
     {p.name: p for p in (VertebralBodiesCT, TotalSpineSeg, Spineps)})
+# One class for each name the configuration accepts (``dicomnode.config.PipelineName``).
+assert tuple(PIPELINES) == PIPELINE_NAMES, (tuple(PIPELINES), PIPELINE_NAMES)
 
 
 def get_pipeline(name: str) -> type[Pipeline]:
@@ -42,5 +45,5 @@ def create_pipeline(name: str, models: ModelsConfig, runtime: NnUNetRuntime,
                               **models.pipeline_options(name))
 
 
-__all__ = ["PIPELINES", "Pipeline", "PipelineError", "PipelineMetadata", "PipelineResult",
+__all__ = ["PIPELINES", "Pipeline", "PipelineError", "RunProvenance", "PipelineResult",
            "VolumeLike", "create_pipeline", "get_pipeline"]

@@ -19,8 +19,11 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from dicomnode.config import PipelineName
+
 if TYPE_CHECKING:
     import SimpleITK as sitk
+    from converters.results.metadata import PipelineMetadata
     from converters.vocabulary import LabelMapping
 
     from dicomnode.models.registry import ModelStore
@@ -38,8 +41,9 @@ class VolumeLike(Protocol):
 
 
 @dataclass(frozen=True)
-class PipelineMetadata:
-    """Provenance of a label map, for the SEG/SR writers and the job record."""
+class RunProvenance:
+    """Provenance of a label map (pipeline and model versions, settings), for the job record;
+    :meth:`for_encoders` turns it into the encoders' ``converters.PipelineMetadata``."""
 
     pipeline: str
     pipeline_version: str
@@ -50,15 +54,15 @@ class PipelineMetadata:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def for_encoders(self) -> Any:
+    def for_encoders(self) -> PipelineMetadata:
         """The ``converters`` SEG/SR writers' metadata (algorithm name, version, parameters)."""
-        from converters.results.metadata import PipelineMetadata as EncoderMetadata
+        from converters.results.metadata import PipelineMetadata
 
         from dicomnode import __version__
 
         parameters = {"pipeline_version": self.pipeline_version,
                       **{k: str(v) for k, v in self.settings.items()}}
-        return EncoderMetadata(pipeline=self.pipeline, model=self.model,
+        return PipelineMetadata(pipeline=self.pipeline, model=self.model,
                                weights_version=self.weights_version,
                                software_version=__version__, parameters=parameters)
 
@@ -67,14 +71,20 @@ class PipelineMetadata:
 class PipelineResult:
     labelmap: sitk.Image
     mapping: LabelMapping
-    metadata: PipelineMetadata
+    metadata: RunProvenance
+
+    @property
+    def all(self) -> tuple[PipelineResult, ...]:
+        """Every label map of this result, each for its own SEG series (pipelines with
+        overlapping label maps, SPINEPS, return more than one)."""
+        return (self,)
 
 
 class Pipeline(ABC):
     """A segmentation pipeline bound to a model store and a runtime."""
 
     #: Name used in ``config.yaml`` rules and ``dicomnode process --pipeline``.
-    name: ClassVar[str]
+    name: ClassVar[PipelineName]
     #: Bumped whenever the pipeline's output for the same weights can change (SEG/SR UIDs use it).
     version: ClassVar[str]
     #: Registry entries it can run; the first is the default.

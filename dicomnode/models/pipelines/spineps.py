@@ -48,7 +48,7 @@ import numpy as np
 from dicomnode.models.pipelines.base import (
     Pipeline,
     PipelineError,
-    PipelineMetadata,
+    RunProvenance,
     PipelineResult,
     VolumeLike,
     check_scalar_3d,
@@ -173,7 +173,7 @@ class Spineps(Pipeline):
         subregions, instances = self.segment(volume.image)
         installed = self.store.require(self.model)
         semantic, instance = self.spineps_models()
-        metadata = PipelineMetadata(
+        metadata = RunProvenance(
             pipeline=self.name, pipeline_version=self.version, model=self.model,
             weights_version=installed.version,
             settings={"semantic": semantic.inference_config.log_name,

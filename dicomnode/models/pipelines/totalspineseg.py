@@ -53,7 +53,7 @@ import numpy as np
 from dicomnode.models.pipelines.base import (
     Pipeline,
     PipelineError,
-    PipelineMetadata,
+    RunProvenance,
     PipelineResult,
     VolumeLike,
     check_scalar_3d,
@@ -156,7 +156,7 @@ class TotalSpineSeg(Pipeline):
         step1, step2 = self.folders()
         labels = self.segment(volume.image, step1, step2)
         installed = self.store.require(self.model)
-        metadata = PipelineMetadata(
+        metadata = RunProvenance(
             pipeline=self.name, pipeline_version=self.version, model=self.model,
             weights_version=installed.version,
             settings={**OFFICIAL_SETTINGS.as_dict(), "step1": step1.describe(),

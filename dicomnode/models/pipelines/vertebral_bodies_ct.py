@@ -22,7 +22,7 @@ import numpy as np
 
 from dicomnode.models.pipelines.base import (
     Pipeline,
-    PipelineMetadata,
+    RunProvenance,
     PipelineResult,
     VolumeLike,
     check_scalar_3d,
@@ -52,7 +52,7 @@ class VertebralBodiesCT(Pipeline):
         array = sitk.GetArrayViewFromImage(image).astype(np.int16)[None]
         labels = self.runtime.predict(folder, OFFICIAL_SETTINGS, array, image.GetSpacing()[::-1])
         loaded = self.runtime.model(folder, OFFICIAL_SETTINGS)
-        metadata = PipelineMetadata(
+        metadata = RunProvenance(
             pipeline=self.name, pipeline_version=self.version, model=self.model,
             weights_version=installed.version,
             settings={**OFFICIAL_SETTINGS.as_dict(), **folder.describe(),

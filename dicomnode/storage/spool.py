@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from dicomnode.storage.durable import free_bytes, fsync_path
+from dicomnode.storage.layout import CONFLICTS, INCOMING, QUARANTINE
 
 
 @dataclass(frozen=True)
@@ -26,13 +28,6 @@ class QuarantineLimits:
     max_bytes: int
     max_age_seconds: float
 
-#: Folder (inside the spool) for files being written.
-INCOMING = ".incoming"
-#: Folder (inside the spool) keeping refused data sets for inspection (bounded).
-QUARANTINE = ".quarantine"
-#: Folder (inside the spool) keeping every different object sent under the SOP Instance UID
-#: of one already held, ``<sop>.<digest>.dcm``: durable and never purged automatically.
-CONFLICTS = ".conflicts"
 
 _SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
 
@@ -42,23 +37,6 @@ def safe_name(uid: str) -> str:
     if _SAFE_UID.match(uid) and uid not in (".", ".."):
         return uid
     return "x" + hashlib.sha256(uid.encode()).hexdigest()[:32]
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file, or a folder's entries (a rename into it), to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_folder(folder: Path) -> None:
-    """Flush every file directly in ``folder`` and the folder itself to disk."""
-    for path in folder.iterdir():
-        if path.is_file():
-            fsync_path(path)
-    fsync_path(folder)
 
 
 class Spool:
@@ -101,7 +79,7 @@ class Spool:
 
     def free_bytes(self) -> int:
         """Free space on the spool's file system, in bytes."""
-        return shutil.disk_usage(self.root).free
+        return free_bytes(self.root)
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         """Where an instance lives, relative to the spool root."""
@@ -191,9 +169,18 @@ class Spool:
             path.unlink(missing_ok=True)
             total -= size
 
+    def instance_files(self) -> list[str]:
+        """Relative paths of every instance file: ``<study>/<series>/<sop>.dcm``."""
+        root = self.root
+        return [f"{study.name}/{series.name}/{item.name}"
+                for study in root.iterdir() if study.is_dir() and not study.name.startswith(".")
+                for series in study.iterdir() if series.is_dir()
+                for item in series.iterdir() if item.suffix == ".dcm"]
+
     def keep_conflict(self, sop_uid: str, digest: str, chunks: list[bytes]) -> str:
-        """Keep, durably, an object that differs from the one held under its SOP Instance
-        UID; the same object sent again lands on the same file. Raises OSError."""
+        """Keep, durably and never purged automatically, an object that differs from the one
+        held under its SOP Instance UID, as ``.conflicts/<sop>.<digest>.dcm``; the same object
+        sent again lands on the same file. Raises OSError."""
         relative = f"{CONFLICTS}/{safe_name(sop_uid)}.{digest[:32]}.dcm"
         if not (self.root / relative).exists():
             self.write(relative, chunks)

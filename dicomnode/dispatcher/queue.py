@@ -1,0 +1,164 @@
+"""The dispatch stage: each job's results on their way to each destination, with retries.
+
+A finished run queues one :class:`~dicomnode.store.Delivery` per destination of its rule and,
+with ``dispatch.return_to_sender``, one named ``sender:<AE>`` back to the AE that sent the series
+(its address from ``dispatch.return_to``). Every delivery has its own attempts and back-off,
+kept in the database so they survive a restart; one that uses up ``dispatch.max_attempts``
+is dead, and so is its job, until a person retries it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+import pydicom
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.config import Config, DestinationConfig
+from dicomnode.dispatcher.send import DeliveryError, deliver
+from dicomnode.logs import log_event
+from dicomnode.storage import ResultsStore
+from dicomnode.store import Delivery, DeliveryState, Job, JobState, utcnow
+
+LOGGER = logging.getLogger("dicomnode.jobs")
+
+#: Delivery names of returns to the sender: ``sender:<calling AE title>``.
+SENDER_PREFIX = "sender:"
+#: Reasons no retry can cure before the configuration changes (which needs a restart): the
+#: delivery is dead at once, for a person to see.
+PERMANENT = frozenset({"unknown-sender", "unknown-destination"})
+
+
+def backoff(attempt: int, initial: float, maximum: float) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based): doubling, capped."""
+    return float(min(maximum, initial * 2 ** (attempt - 1)))
+
+
+def sender_delivery(ae_title: str) -> str:
+    return f"{SENDER_PREFIX}{ae_title}"
+
+
+class Dispatcher:
+    def __init__(self, config: Config, sessions: sessionmaker[Session], results: ResultsStore):
+        self.config = config
+        self.sessions = sessions
+        self.results = results
+
+    def targets(self, job: Job) -> list[str]:
+        """Delivery names of a job: its rule's destinations, then the sender if asked for."""
+        names = list(job.destinations or [])
+        if self.config.dispatch.return_to_sender and job.sender:
+            names.append(sender_delivery(job.sender))
+        return names
+
+    def resolve(self, name: str) -> DestinationConfig | DeliveryError:
+        """The destination behind a delivery name, or the error a delivery to it gets."""
+        if name.startswith(SENDER_PREFIX):
+            ae_title = name[len(SENDER_PREFIX):]
+            destination = self.config.dispatch.sender_destination(ae_title)
+            if destination is None:
+                return DeliveryError("unknown-sender",
+                                     f"the series came from AE {ae_title!r}, which "
+                                     "dispatch.return_to does not list: add its host and port")
+            return destination
+        configured = self.config.destinations.get(name)
+        if configured is None:
+            return DeliveryError("unknown-destination",
+                                 f"destination {name!r} is no longer in config.yaml")
+        return configured
+
+    def queue(self, session: Session, job: Job) -> None:
+        """Results of ``job`` are committed: queue (or re-queue) its deliveries, due now."""
+        now = utcnow()
+        names = self.targets(job)
+        for name in names:
+            existing = session.scalar(select(Delivery).where(Delivery.job_id == job.id,
+                                                             Delivery.destination == name))
+            if existing is None:
+                session.add(Delivery(job_id=job.id, destination=name, attempts=0,
+                                     state=DeliveryState.PENDING, next_attempt_at=now))
+            else:  # a re-run: deliver the new results again
+                existing.state, existing.next_attempt_at = DeliveryState.PENDING, now
+                existing.attempts, existing.error_kind = 0, None
+        job.transition(JobState.DISPATCHING if names else JobState.DONE)
+
+    def requeue_undelivered(self, session: Session, job: Job) -> bool:
+        """For a person's retry: send again what was not delivered (True if anything)."""
+        undelivered = [d for d in session.scalars(select(Delivery).where(
+            Delivery.job_id == job.id)) if d.state != DeliveryState.DELIVERED]
+        if not undelivered or not self.results.exists(job.id):
+            return False
+        for delivery in undelivered:
+            delivery.state, delivery.attempts = DeliveryState.PENDING, 0
+            delivery.next_attempt_at = utcnow()
+        job.transition(JobState.DISPATCHING)
+        return True
+
+    def result_datasets(self, job_id: int) -> list[pydicom.Dataset]:
+        folder = self.results.folder(job_id)
+        return [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
+
+    def dispatch_due(self, now: datetime | None = None) -> int:
+        """Attempt every delivery whose time has come; returns how many were attempted."""
+        now = now or utcnow()
+        with self.sessions() as session:
+            due = session.execute(
+                select(Delivery.id, Delivery.job_id, Delivery.destination)
+                .join(Job, Job.id == Delivery.job_id)
+                .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now,
+                       Job.state == JobState.DISPATCHING)
+                .order_by(Delivery.next_attempt_at)).all()
+        for delivery_id, job_id, destination in due:
+            self.attempt(delivery_id, job_id, destination)
+        return len(due)
+
+    def attempt(self, delivery_id: int, job_id: int, name: str) -> None:
+        settings = self.config.dispatch
+        target = self.resolve(name)
+        error: DeliveryError | None = target if isinstance(target, DeliveryError) else None
+        stored: list[str] = []
+        if isinstance(target, DestinationConfig):
+            try:
+                report = deliver(name, target, self.result_datasets(job_id),
+                                 calling_ae_title=self.config.node.ae_title)
+                stored = report.stored
+            except DeliveryError as exc:
+                error = exc
+            except (OSError, ValueError) as exc:
+                error = DeliveryError("unreadable-results", f"cannot read the results: {exc}")
+        with self.sessions.begin() as session:
+            delivery = session.get(Delivery, delivery_id)
+            assert delivery is not None
+            delivery.attempts += 1
+            if error is None:
+                delivery.state, delivery.delivered_at = DeliveryState.DELIVERED, utcnow()
+                delivery.stored, delivery.error_kind, delivery.error_message = stored, None, None
+            elif delivery.attempts >= settings.max_attempts or error.reason in PERMANENT:
+                delivery.state = DeliveryState.DEAD
+                delivery.error_kind, delivery.error_message = error.reason, str(error)
+            else:
+                wait = backoff(delivery.attempts, settings.initial_backoff, settings.max_backoff)
+                delivery.next_attempt_at = utcnow() + timedelta(seconds=wait)
+                delivery.error_kind, delivery.error_message = error.reason, str(error)
+            self._settle(session, job_id)
+        if error is None:
+            log_event(LOGGER, "delivery.done", job=job_id, destination=name, objects=len(stored))
+        else:
+            log_event(LOGGER, "delivery.failed", job=job_id, destination=name,
+                      kind=error.reason, reason=str(error))
+
+    @staticmethod
+    def _settle(session: Session, job_id: int) -> None:
+        """A dispatching job is done once every delivery is, dead once any gave up."""
+        job = session.get(Job, job_id)
+        if job is None or job.state != JobState.DISPATCHING:
+            return
+        deliveries = session.scalars(select(Delivery).where(Delivery.job_id == job_id)).all()
+        dead = [d for d in deliveries if d.state == DeliveryState.DEAD]
+        if dead:
+            job.transition(JobState.DEAD, error_kind=dead[0].error_kind or "undeliverable",
+                           error_message=f"{dead[0].destination}: {dead[0].error_message}")
+        elif all(d.state == DeliveryState.DELIVERED for d in deliveries):
+            job.transition(JobState.DONE)

@@ -1,0 +1,120 @@
+"""The run stage of ``serve``: take the next queued job and run its case.
+
+A worker claims a job with a conditional UPDATE (two workers never run the same job), runs the
+case into a staged results folder (:class:`~dicomnode.storage.ResultsStore`), commits the folder
+atomically and hands the job to dispatch. A failure is recorded with a typed reason and never
+stops the worker; a person's cancel is honoured between steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.logs import log_event
+from dicomnode.run.case import Case, CaseStep, CaseSummary, OnStep
+from dicomnode.storage import ResultsStore, Spool
+from dicomnode.store import Instance, Job, JobError, JobState, error_kind
+
+LOGGER = logging.getLogger("dicomnode.jobs")
+
+
+class CaseRunnerLike(Protocol):
+    """What the worker needs of :class:`~dicomnode.run.case.CaseRunner` (tests substitute a
+    lighter one to exercise queueing without nnU-Net)."""
+
+    def run_pipeline(self, pipeline: str, case: Case, out: Path,
+                     on_step: OnStep) -> CaseSummary: ...
+
+
+class ResultsHandOver(Protocol):
+    """The dispatch stage's side of a finished run (:class:`dicomnode.dispatcher.Dispatcher`)."""
+
+    def queue(self, session: Session, job: Job) -> None: ...
+
+
+class Worker:
+    def __init__(self, sessions: sessionmaker[Session], spool: Spool, results: ResultsStore,
+                 runner: CaseRunnerLike, dispatch: ResultsHandOver):
+        self.sessions = sessions
+        self.spool = spool
+        self.results = results
+        self.runner = runner
+        self.dispatch = dispatch
+
+    def claim_next(self) -> int | None:
+        """Take the next queued job (highest priority, then oldest) for this worker."""
+        with self.sessions.begin() as session:
+            candidates = session.scalars(
+                select(Job.id).where(Job.state == JobState.ROUTED)
+                .order_by(Job.priority.desc(), Job.id).limit(8)).all()
+            for job_id in candidates:
+                claimed = session.execute(
+                    update(Job).where(Job.id == job_id, Job.state == JobState.ROUTED)
+                    .values(state=JobState.LOADING)).rowcount
+                if claimed:
+                    job = session.get(Job, job_id)
+                    assert job is not None
+                    job.transition(JobState.LOADING)
+                    job.attempts = (job.attempts or 0) + 1
+                    return job_id
+        return None
+
+    def _set_state(self, job_id: int, state: JobState, **error: str) -> bool:
+        """Move a job on unless a person cancelled it meanwhile (then False)."""
+        with self.sessions.begin() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.state == JobState.CANCELLED:
+                return False
+            job.transition(state, **error)
+            return True
+
+    def case_of(self, job_id: int) -> tuple[str, Case]:
+        """The job's pipeline and its case: the series' spool files under the UIDs the index
+        lists it by."""
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            assert job is not None and job.pipeline
+            rows = session.scalars(select(Instance.path).where(Instance.series_id == job.series_id)
+                                   .order_by(Instance.id)).all()
+            series = job.series
+            return job.pipeline, Case(f"{job_id:08d}", "dicom",
+                                      tuple(self.spool.root / p for p in rows),
+                                      series.study.study_instance_uid,
+                                      series.series_instance_uid)
+
+    def run_job(self, job_id: int) -> None:
+        """Load, segment and encode a claimed job; on success it goes to dispatch."""
+        pipeline, case = self.case_of(job_id)
+        staged = self.results.stage(job_id)
+        started = time.perf_counter()
+
+        def on_step(step: CaseStep) -> None:
+            if not self._set_state(job_id, JobState(step.value)):
+                raise JobError("cancelled", "cancelled by a person")
+
+        try:
+            summary = self.runner.run_pipeline(pipeline, case, staged, on_step)
+        except Exception as exc:  # a bad series must never stop the worker; the reason is kept
+            self.results.discard(job_id)
+            kind = error_kind(exc)
+            if kind != "cancelled":
+                message = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+                self._set_state(job_id, JobState.FAILED, error_kind=kind, error_message=message)
+            log_event(LOGGER, "job.failed", job=job_id, kind=kind, reason=str(exc))
+            return
+        self.results.commit(job_id)  # results appear whole or not at all
+        with self.sessions.begin() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            if job.state == JobState.CANCELLED:
+                return
+            self.dispatch.queue(session, job)
+        log_event(LOGGER, "job.processed", job=job_id, pipeline=pipeline,
+                  seconds=round(time.perf_counter() - started, 3),
+                  structures=len(summary.structures))
