@@ -12,7 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ class Orthanc:
     dicom_port: int = 0
     http_port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    #: Peers Orthanc may send to (``POST /modalities/<name>/store``): name → (AE, host, port).
+    modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.dicom_port = self.dicom_port or free_port()
@@ -49,6 +51,7 @@ class Orthanc:
             "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
             "Plugins": plugins[:1], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "HttpServerEnabled": True, "StableAge": 1,
+            "DicomModalities": {name: list(peer) for name, peer in self.modalities.items()},
         }
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "orthanc.json").write_text(json.dumps(config))
@@ -87,6 +90,13 @@ class Orthanc:
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
             return json.loads(response.read())
+
+    def post(self, path: str, body: bytes | Any, timeout: float = 120) -> Any:
+        """POST raw bytes (e.g. a DICOM file to ``/instances``) or a JSON body."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method="POST")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read() or b"null")
 
     def instances(self) -> list[dict[str, Any]]:
         """Every stored instance with its main DICOM tags (simplified)."""

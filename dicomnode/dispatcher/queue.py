@@ -151,11 +151,15 @@ class Dispatcher:
 
     @staticmethod
     def _settle(session: Session, job_id: int) -> None:
-        """A dispatching job is done once every delivery is, dead once any gave up."""
+        """A dispatching job is done once every delivery is, dead once any gave up and none is
+        still pending (only a dispatching job's deliveries are attempted: the others would
+        never reach their destinations)."""
         job = session.get(Job, job_id)
         if job is None or job.state != JobState.DISPATCHING:
             return
         deliveries = session.scalars(select(Delivery).where(Delivery.job_id == job_id)).all()
+        if any(d.state == DeliveryState.PENDING for d in deliveries):
+            return
         dead = [d for d in deliveries if d.state == DeliveryState.DEAD]
         if dead:
             job.transition(JobState.DEAD, error_kind=dead[0].error_kind or "undeliverable",
