@@ -14,6 +14,7 @@ from .spine import (
 )
 
 __all__ = [
-    "BodyHeights", "Grid", "frame_order", "frame_planes", "RegionStatistics", "axial_areas", "body_heights", "disc_height",
-    "minimum_area_per_level", "nearest_frame", "region_statistics", "trabecular_attenuation",
+    "BodyHeights", "Grid", "frame_order", "frame_planes", "RegionStatistics", "axial_areas",
+    "body_heights", "disc_height", "minimum_area_per_level", "nearest_frame",
+    "region_statistics", "trabecular_attenuation",
 ]

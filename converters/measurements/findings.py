@@ -13,8 +13,8 @@ from ..vocabulary import LabelMapping, Structure
 from .geometry import Grid
 from .spine import (
     BodyHeights,
-    anterior_of,
     RegionStatistics,
+    anterior_of,
     body_heights,
     disc_height,
     minimum_area_per_level,
@@ -57,7 +57,8 @@ class Layer:
     @functools.cached_property
     def _boxes(self) -> list[tuple[slice, ...] | None]:
         # One pass over the label map gives every label's bounding box.
-        return ndimage.find_objects(self.labelmap)
+        boxes: list[tuple[slice, ...] | None] = ndimage.find_objects(self.labelmap)
+        return boxes
 
 
 @dataclass
@@ -118,7 +119,8 @@ def _body_mask(layers: Sequence[Layer], layer: Layer, s: Structure, mask: np.nda
         return mask
     corpus = _find([ly for ly in layers if ly is not layer], ("body",), "vertebral_body")
     if corpus is not None:
-        return mask & corpus[0].mask("vertebral_body")
+        in_corpus: np.ndarray = mask & corpus[0].mask("vertebral_body")
+        return in_corpus
     canal = _find(layers, ("canal",))
     if canal is None:
         return None

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
+from ..instance import frame_numbers, is_multiframe
+
 #: Patient axes in LPS: +x left, +y posterior, +z superior (PS3.3 C.7.6.2.1.1).
 LR, AP, SI = np.eye(3)
 
@@ -78,7 +80,8 @@ class Grid:
     @property
     def spacing(self) -> np.ndarray:
         """Physical length of one step along each array axis (frame, row, column), mm."""
-        return np.linalg.norm(self.affine[:3, :3], axis=0)
+        spacing: np.ndarray = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return spacing
 
     def extent_along(self, axis: np.ndarray) -> float:
         """Length of one voxel's projection onto the unit vector ``axis`` (mm)."""
@@ -93,7 +96,8 @@ class Grid:
 
     def to_patient(self, indices: np.ndarray) -> np.ndarray:
         """(N, 3) array indices → (N, 3) patient coordinates."""
-        return indices @ self.affine[:3, :3].T + self.affine[:3, 3]
+        patient: np.ndarray = indices @ self.affine[:3, :3].T + self.affine[:3, 3]
+        return patient
 
     def points(self, mask: np.ndarray) -> np.ndarray:
         """Patient coordinates of the voxel centres where ``mask`` is true."""
@@ -110,24 +114,39 @@ def voxel_indices(mask: np.ndarray) -> np.ndarray:
 
 
 def _plane_attr(ds: Dataset, frame: Dataset | None, shared: Dataset | None, seq: str,
-                attr: str) -> object:
+                attr: str) -> list[float]:
+    """The values of geometry attribute ``attr``: from functional group ``seq`` of the
+    frame, else of the shared groups, else from the top level."""
+    values = None
     for holder in (frame, shared):
         if holder is not None and seq in holder and attr in holder[seq].value[0]:
-            return holder[seq].value[0][attr].value
-    if attr in ds:
-        return ds[attr].value
-    raise ValueError(f"source image lacks {attr}; cannot place the label map")
+            values = holder[seq].value[0][attr].value
+            break
+    else:
+        if attr in ds:
+            values = ds[attr].value
+    if values is None:
+        raise ValueError(f"source image lacks {attr}; cannot place the label map")
+    return [float(v) for v in values]
 
 
-def frame_planes(datasets: Sequence[Dataset]) -> list[tuple[np.ndarray, np.ndarray, tuple[float, float]]]:
+def frame_planes(datasets: Sequence[Dataset]
+                 ) -> list[tuple[np.ndarray, np.ndarray, tuple[float, float]]]:
     """(Image Position, Image Orientation, Pixel Spacing) of every frame of ``datasets``."""
     out = []
     for ds in datasets:
-        shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
-        per_frame = list(ds.get("PerFrameFunctionalGroupsSequence", [])) or [None]
-        for frame in per_frame:
+        # functional groups belong to multi-frame images only; a single-frame image's
+        # geometry is its Image Plane Module
+        multiframe = is_multiframe(ds)
+        shared_groups = ds.get("SharedFunctionalGroupsSequence") if multiframe else None
+        shared = shared_groups[0] if shared_groups else None
+        per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or []) if multiframe else []
+        for number in frame_numbers(ds):
+            frame = per_frame[number - 1] if number is not None and number <= len(per_frame) \
+                else None
             ipp = _plane_attr(ds, frame, shared, "PlanePositionSequence", "ImagePositionPatient")
-            iop = _plane_attr(ds, frame, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
+            iop = _plane_attr(ds, frame, shared, "PlaneOrientationSequence",
+                              "ImageOrientationPatient")
             spacing = _plane_attr(ds, frame, shared, "PixelMeasuresSequence", "PixelSpacing")
             out.append((np.asarray(ipp, float), np.asarray(iop, float),
                         (float(spacing[0]), float(spacing[1]))))

@@ -64,8 +64,8 @@ def region_statistics(
         values = image[mask].astype(np.float64)
         mean = float(values.mean())
         sd = float(values.std(ddof=1)) if n > 1 else 0.0
-    return RegionStatistics(n, n * grid.voxel_volume_mm3 / 1000.0,
-                            tuple(float(c) for c in centroid), mean, sd)
+    x, y, z = (float(c) for c in centroid)
+    return RegionStatistics(n, n * grid.voxel_volume_mm3 / 1000.0, (x, y, z), mean, sd)
 
 
 def _column_height(points: np.ndarray, grid: Grid, ap_position: float) -> float:
@@ -89,7 +89,8 @@ def _mid_sagittal(points: np.ndarray, grid: Grid) -> np.ndarray:
     # empty. The tolerance keeps columns exactly half a voxel away despite rounding.
     median = np.median(lr)
     centre = lr[np.argmin(np.abs(lr - median))]
-    return points[np.abs(lr - centre) <= half * (1 + 1e-9) + 1e-9]
+    slab: np.ndarray = points[np.abs(lr - centre) <= half * (1 + 1e-9) + 1e-9]
+    return slab
 
 
 def body_heights(mask: np.ndarray, grid: Grid) -> BodyHeights:

@@ -47,8 +47,9 @@ def _sample(grid: Grid, volume: np.ndarray, points: np.ndarray, order: int,
     inv = np.linalg.inv(grid.affine)
     idx = points @ inv[:3, :3].T + inv[:3, 3]
     coords = np.moveaxis(idx, -1, 0)
-    return ndimage.map_coordinates(volume, coords, output=dtype or volume.dtype, order=order,
-                                   mode="constant", cval=outside)
+    values: np.ndarray = ndimage.map_coordinates(volume, coords, output=dtype or volume.dtype,
+                                                 order=order, mode="constant", cval=outside)
+    return values
 
 
 def render_panels(

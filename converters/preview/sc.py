@@ -8,8 +8,13 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from ..results.identity import (SC_SERIES_OFFSET, derived_uid, instance_uid, series_description,
-                                series_number)
+from ..results.identity import (
+    SC_SERIES_OFFSET,
+    derived_uid,
+    instance_uid,
+    series_description,
+    series_number,
+)
 from ..results.metadata import PipelineMetadata
 from .render import Panel
 
@@ -37,7 +42,9 @@ def build_secondary_captures(
             sop_instance_uid=instance_uid(sources, pipeline, "preview", panel.name),
             instance_number=number,
             manufacturer=pipeline.manufacturer,
-            pixel_spacing=(panel.pixel_mm, panel.pixel_mm),
+            # highdicom 0.28 annotates from_ref_dataset's pixel_spacing as tuple[int, int]
+            # and passes it on to SCImage(), which declares (and writes) tuple[float, float]
+            pixel_spacing=(panel.pixel_mm, panel.pixel_mm),  # type: ignore[arg-type]
             patient_orientation=panel.orientation,
             transfer_syntax_uid=ExplicitVRLittleEndian,
             series_description=series_description(pipeline, "Spine preview"),

@@ -4,41 +4,61 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
+import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
+from ..instance import frame_numbers
 from ..measurements.findings import Layer, measure
 from ..measurements.geometry import Grid, frame_order, frame_planes
 from ..preview import build_secondary_captures, render_panels, side_by_side
 from ..seg.writer import build_segmentation, check_source_images, referenceable
 from ..sr.writer import build_report
-from ..vocabulary import LabelMapping
+from ..vocabulary import LabelMapping, Structure
 from .metadata import EncodeOptions, PipelineMetadata
 
+if TYPE_CHECKING:
+    # converters.volume loads SimpleITK: imported where a SourceGrid or Volume is handled
+    # (a caller holding one has loaded it already), never for datasets and arrays.
+    from ..volume import SourceGrid, Volume
 
-def _source_datasets(source: Any) -> list[Dataset]:
-    datasets = getattr(source, "datasets", source)
-    if isinstance(datasets, Dataset):
-        datasets = [datasets]
-    datasets = list(datasets)
+
+def _source_datasets(source: SourceGrid | Sequence[Dataset]) -> tuple[list[Dataset],
+                                                                      SourceGrid | None]:
+    """The source datasets, and the SourceGrid when ``source`` is one."""
+    grid: SourceGrid | None = None
+    if isinstance(source, Sequence):
+        datasets = list(source)
+        if not all(isinstance(ds, Dataset) for ds in datasets):
+            raise TypeError("source: a sequence of pydicom Datasets or a converters.SourceGrid")
+    else:
+        from ..volume import SourceGrid
+
+        if not isinstance(source, SourceGrid):
+            raise TypeError(f"source: a sequence of pydicom Datasets or a converters.SourceGrid, "
+                            f"not {type(source).__name__}")
+        grid = source
+        datasets = list(source.datasets)
     if not datasets:
         raise ValueError("no source images")
-    return datasets
+    return datasets, grid
 
 
 def _modality_values(datasets: Sequence[Dataset]) -> np.ndarray | None:
     """Stored pixels → modality values (HU on CT), or ``None`` if the sources carry no pixels."""
     if len(datasets) > 1 and all("PixelData" in ds for ds in datasets):
-        return np.stack([apply_modality_lut(ds.pixel_array, ds) for ds in datasets]).astype(np.float32)
+        values = [apply_modality_lut(ds.pixel_array, ds) for ds in datasets]
+        return np.stack(values).astype(np.float32)
     return None
 
 
-def _values_from_volume(volume: Any, source: Any, order: Sequence[int]) -> np.ndarray:
-    """``volume.image`` (a ``converters.Volume``) on the source frames ``order`` selects (the
-    spatial order the measurements and reformats use), with ``source`` the SourceGrid.
+def _values_from_volume(volume: Volume, grid: SourceGrid,
+                        order: Sequence[int] | np.ndarray) -> np.ndarray:
+    """``volume.image`` on the source frames ``order`` selects (the spatial order the
+    measurements and reformats use) of the SourceGrid ``grid``.
 
     The volume's own dtype is kept (int16 HU on most CT): the measurements and the preview
     convert only what they sample, so no float copy of the whole volume is made, and when the
@@ -46,76 +66,101 @@ def _values_from_volume(volume: Any, source: Any, order: Sequence[int]) -> np.nd
     """
     import SimpleITK as sitk
 
-    frames = getattr(source, "frames", None)
-    if frames is None:
-        raise ValueError("image given as a Volume needs the source as a SourceGrid (its .frames)")
-    if getattr(volume, "grid", None) is not None:
+    from ..volume import to_source_grid
+
+    if volume.grid is not None:
         # Resampled (tilt / irregular spacing): let the loader put the values back on the
         # source planes by nearest neighbour, shifted into its unsigned integer range.
-        from ..volume import to_source_grid
-
         values = sitk.GetArrayFromImage(volume.image).astype(np.float32)
         low = float(np.floor(values.min()))
         shifted = np.clip(np.rint(values - low), 0, 65535).astype(np.uint16)
-        return (to_source_grid(volume, shifted).array.astype(np.float32) + low)[list(order)]
-    values = sitk.GetArrayViewFromImage(volume.image)
+        on_frames = to_source_grid(volume, shifted).array.astype(np.float32) + low
+        return on_frames[list(order)]
+    view = sitk.GetArrayViewFromImage(volume.image)
     index = {src: k for k, src in enumerate(volume.sources)}
-    slices = [index.get(frames[i]) for i in order]
-    if slices == list(range(len(values))):
-        return values
-    out = np.zeros((len(slices), *values.shape[1:]), values.dtype)
+    slices = [index.get(grid.frames[i]) for i in order]
+    if slices == list(range(len(view))):
+        return view
+    out = np.zeros((len(slices), *view.shape[1:]), view.dtype)
     for j, k in enumerate(slices):
         if k is not None:
-            out[j] = values[k]
+            out[j] = view[k]
     return out
 
 
+def _image_values(image: Volume | np.ndarray | None, datasets: Sequence[Dataset],
+                  grid: SourceGrid | None, order: np.ndarray, shape: tuple[int, ...]
+                  ) -> np.ndarray | None:
+    """Modality values on the label map's frames (``shape``), in the spatial order
+    ``order``; None when there are none."""
+    if image is None:
+        values = _modality_values(datasets)
+        if values is None:
+            return None
+    elif isinstance(image, np.ndarray):
+        values = image
+    else:
+        from ..volume import Volume
+
+        if not isinstance(image, Volume):
+            raise TypeError(f"image: a numpy array or a converters.Volume, not "
+                            f"{type(image).__name__}")
+        if grid is None:
+            raise ValueError("image given as a Volume needs the source as a SourceGrid")
+        values = _values_from_volume(image, grid, order)  # in spatial order already
+        order = np.arange(len(order))
+    if values.shape != shape:
+        raise ValueError(f"image shape {values.shape} differs from the label map's {shape}")
+    return values if np.array_equal(order, np.arange(len(order))) else values[order]
+
+
 def _frame_refs(datasets: Sequence[Dataset]) -> list[tuple[Dataset, int | None]]:
-    """(dataset, frame number for multi-frame sources) of every source frame, in order."""
-    refs: list[tuple[Dataset, int | None]] = []
-    for ds in datasets:
-        if "PerFrameFunctionalGroupsSequence" in ds:
-            refs.extend((ds, n) for n in range(1, int(ds.NumberOfFrames) + 1))
-        else:
-            refs.append((ds, None))
-    return refs
+    """(dataset, Referenced Frame Number or None) of every source frame, in order: the
+    numbering of converters.instance, which the source grid and the SEG use too."""
+    return [(ds, number) for ds in datasets for number in frame_numbers(ds)]
 
 
 def encode_results(
-    source: Any,
+    source: SourceGrid | Sequence[Dataset],
     labelmap: np.ndarray | Sequence[np.ndarray] | None,
     mapping: LabelMapping | Sequence[LabelMapping],
     pipeline: PipelineMetadata,
     options: EncodeOptions = EncodeOptions(),
     *,
-    image: Any = None,
+    image: Volume | np.ndarray | None = None,
     png_path: str | os.PathLike[str] | None = None,
 ) -> list[Dataset]:
     """SEG series (one per label map), the measurement SR and the preview SC for one run.
 
     Args:
         source: the source images — a sequence of pydicom datasets ordered like the label
-            map frames, or a source grid from ``converters.to_source_grid`` (``.datasets``,
-            ``.array``).
+            map frames, or the :class:`~converters.SourceGrid` from
+            ``converters.to_source_grid`` (its ``.datasets``, and ``.array`` as the label
+            map when ``labelmap`` is None). Anything else raises TypeError.
         labelmap: (frames, Rows, Columns) label values on the source grid; several arrays
             when the pipeline produces overlapping structure sets (each becomes its own SEG
             series); ``None`` to take ``source.array``.
         mapping: the :class:`~converters.vocabulary.LabelMapping` of each label map.
         pipeline: algorithm identification (and the seed of every derived UID).
         options: see :class:`EncodeOptions`.
-        image: modality values (HU on CT) for intensity measurements and the preview: an
-            array on the label map's frames, or the ``converters.Volume`` the label map was
-            computed on (with ``source`` a SourceGrid); by default decoded from the source
-            datasets when they still hold Pixel Data.
+        image: modality values (HU on CT) for intensity measurements and the preview: a
+            numpy array on the label map's frames (source order), or the
+            :class:`~converters.Volume` the label map was computed on (``source`` must then
+            be its SourceGrid); None: decoded from the source datasets when they still hold
+            Pixel Data. Anything else raises TypeError.
         png_path: also write the preview as PNG here.
 
     Returns:
         The datasets to send: SEG(s), then SR, then the secondary captures. Empty when no
         mapped structure is present.
     """
-    datasets = referenceable(_source_datasets(source))
+    given, source_grid = _source_datasets(source)
+    datasets = referenceable(given)
     if labelmap is None:
-        labelmap = source.array
+        if source_grid is None:
+            raise ValueError("labelmap None takes the label map of a SourceGrid; the source "
+                             "is a sequence of datasets")
+        labelmap = source_grid.array
     arrays = [labelmap] if isinstance(labelmap, np.ndarray) else list(labelmap)
     mappings = [mapping] if isinstance(mapping, LabelMapping) else list(mapping)
     if len(arrays) != len(mappings):
@@ -124,9 +169,9 @@ def encode_results(
         raise ValueError("label mappings of one run need distinct names (they name the SEG series)")
 
     layers: list[Layer] = []
-    segs: list[tuple[str, Dataset, list]] = []
-    for index, (array, lm) in enumerate(zip(arrays, mappings)):
-        array = np.asarray(array)
+    segs: list[tuple[str, hd.seg.Segmentation, list[Structure]]] = []
+    for index, (given_array, lm) in enumerate(zip(arrays, mappings, strict=True)):
+        array = np.asarray(given_array)
         check_source_images(datasets, array)
         built = build_segmentation(datasets, array, lm, pipeline, options, layer_index=index)
         if built is None:
@@ -144,25 +189,17 @@ def encode_results(
     planes = frame_planes(datasets)
     grid = Grid.from_planes([planes[i] for i in order], datasets[0])
     layers = [Layer(ly.mapping, ly.labelmap[order], ly.structures) for ly in layers]
-    if image is None:
-        image = _modality_values(datasets)
-    if image is not None:
-        volume = hasattr(image, "image")  # a Volume comes out in spatial order already
-        image = _values_from_volume(image, source, order) if volume else np.asarray(image)
-        if image.shape != arrays[0].shape:
-            raise ValueError(f"image shape {image.shape} differs from the label map's {arrays[0].shape}")
-        if not volume:
-            image = image[order]
+    values = _image_values(image, datasets, source_grid, order, layers[0].labelmap.shape)
     modality = str(datasets[0].get("Modality", ""))
     if options.sr:
-        findings = measure(layers, grid, image, modality, options.trabecular_erosion_mm)
+        findings = measure(layers, grid, values, modality, options.trabecular_erosion_mm)
         refs = _frame_refs(datasets)
         out.append(build_report(datasets, segs, findings, pipeline, [refs[i] for i in order]))
     if options.preview:
         # The label map with the most level structures carries the level names best.
         layer = max(layers, key=lambda ly: sum(s.level is not None for s in ly.structures))
         numbers = layer.mapping.to_segment_numbers(layer.labelmap, list(layer.structures))
-        grey = image if image is not None else np.zeros(numbers.shape, np.float32)
+        grey = values if values is not None else np.zeros(numbers.shape, np.float32)
         panels = render_panels(grid, grey, numbers, layer.structures, modality)
         out.extend(build_secondary_captures(datasets, panels, pipeline))
         if png_path is not None:

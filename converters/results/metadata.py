@@ -71,4 +71,5 @@ class EncodeOptions:
         if self.segmentation_type not in ("BINARY", "LABELMAP"):
             raise ValueError(f"segmentation_type {self.segmentation_type!r}: BINARY or LABELMAP")
         if self.labelmap_compression not in ("RLE", "JPEGLS", "NONE"):
-            raise ValueError(f"labelmap_compression {self.labelmap_compression!r}: RLE, JPEGLS or NONE")
+            raise ValueError(f"labelmap_compression {self.labelmap_compression!r}: RLE, JPEGLS "
+                             "or NONE")

@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
+from ..instance import frame_count, frame_numbers, is_multiframe
 from ..results.identity import (
     SEG_SERIES_OFFSET,
     derived_uid,
@@ -48,11 +49,16 @@ def check_source_images(source_images: Sequence[Dataset], labelmap: np.ndarray) 
     """Raise ``ValueError`` naming the attribute when the sources cannot carry a SEG."""
     if labelmap.ndim != 3:
         raise ValueError(f"label map must be (frames, Rows, Columns), got shape {labelmap.shape}")
-    n_frames = sum(int(ds.get("NumberOfFrames") or 1) for ds in source_images)
+    n_frames = sum(len(frame_numbers(ds)) for ds in source_images)
     if n_frames != labelmap.shape[0]:
         raise ValueError(
             f"label map has {labelmap.shape[0]} frames but the source images have {n_frames}"
         )
+    if len(source_images) > 1 and any(is_multiframe(ds) for ds in source_images):
+        # highdicom takes the frames of one multi-frame image or single-frame images only
+        raise ValueError(f"{len(source_images)} source images of which some are multi-frame "
+                         "images: a SEG references either one multi-frame image or "
+                         "single-frame images")
     for ds in source_images:
         for attr in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID",
                      "FrameOfReferenceUID"):
@@ -103,30 +109,45 @@ def segment_descriptions(
     return out
 
 
-def _shared_geometry(source_images: Sequence[Dataset]) -> list[Dataset]:
-    """For a multi-frame source that keeps Pixel Measures / Plane Orientation only per frame,
-    a header view with them (when equal for all frames) also in the Shared Functional
-    Groups, where highdicom looks for them. SOP identity is unchanged."""
-    if len(source_images) != 1 or "PerFrameFunctionalGroupsSequence" not in source_images[0]:
+def _highdicom_view(source_images: Sequence[Dataset]) -> list[Dataset]:
+    """The sources as highdicom 0.28 reads a multi-frame source: Pixel Measures and Plane
+    Orientation in the Shared Functional Groups, Plane Position in each item of the
+    Per-frame Functional Groups. A multi-frame source that keeps the first two only per
+    frame (equal for all frames), or has no Per-frame Functional Groups at all (every group
+    shared: a one-frame Enhanced image), gets a header view arranged so; SOP identity and
+    everything else are unchanged. Single-frame sources are passed through."""
+    if len(source_images) != 1 or not is_multiframe(source_images[0]):
         return list(source_images)
     ds = source_images[0]
-    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else Dataset()
+    shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") \
+        else Dataset()
+    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
     missing = [k for k in ("PixelMeasuresSequence", "PlaneOrientationSequence") if k not in shared]
-    if not missing:
+    if not missing and per_frame:
         return [ds]
     new_shared = Dataset()
     new_shared.update(shared)
-    per_frame = ds.PerFrameFunctionalGroupsSequence
     for keyword in missing:
         values = {repr(item[keyword].value[0]) for item in per_frame if keyword in item}
         if len(values) != 1:
-            raise ValueError(f"{keyword} differs between frames of the multi-frame source")
+            raise ValueError(f"{keyword} differs between frames of the multi-frame source "
+                             "or is missing")
         setattr(new_shared, keyword, per_frame[0][keyword].value)
+    if not per_frame:
+        if "PlanePositionSequence" not in shared:
+            raise ValueError("multi-frame source without Per-frame Functional Groups has no "
+                             "shared PlanePositionSequence")
+        # every frame at the shared position (one frame, in practice)
+        for _ in range(frame_count(ds)):
+            item = Dataset()
+            item.PlanePositionSequence = shared.PlanePositionSequence
+            per_frame.append(item)
     view = Dataset()
     view.update(ds)
     if hasattr(ds, "file_meta"):
         view.file_meta = ds.file_meta
     view.SharedFunctionalGroupsSequence = [new_shared]
+    view.PerFrameFunctionalGroupsSequence = per_frame
     return [view]
 
 
@@ -168,7 +189,7 @@ def build_segmentation(
         options.labelmap_compression]
     kind = f"SEG {mapping.name}" + (" labelmap" if seg_type == "LABELMAP" else "")
     seg = hd.seg.Segmentation(
-        source_images=_shared_geometry(source_images),
+        source_images=_highdicom_view(source_images),
         pixel_array=pixels,
         segmentation_type=seg_type,
         segment_descriptions=segment_descriptions(structures, source, pipeline, mapping.name),

@@ -21,17 +21,24 @@ of source images is in the evidence (Current Requested Procedure Evidence Sequen
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from ..instance import is_multiframe
 from ..measurements.findings import Findings
 from ..measurements.geometry import frame_planes
-from ..results.identity import (SR_SERIES_OFFSET, derived_uid, instance_uid, series_description,
-                                series_number)
+from ..results.identity import (
+    SR_SERIES_OFFSET,
+    derived_uid,
+    instance_uid,
+    series_description,
+    series_number,
+)
 from ..results.metadata import PipelineMetadata
 from ..seg.writer import tracking_uid
 from ..vocabulary import Structure, declare_scheme, level_code, private_code
@@ -49,7 +56,7 @@ def _library_entry(ds: Dataset) -> Dataset:
     """The dataset as highdicom's Image Library (TID 1601/1604) reads it: for a multi-frame
     image, a header view with the first frame's Pixel Spacing / orientation / position at the
     top level, where the single-frame descriptors live."""
-    if "PerFrameFunctionalGroupsSequence" not in ds or "PixelSpacing" in ds:
+    if not is_multiframe(ds) or "PixelSpacing" in ds:
         return ds
     ipp, iop, spacing = frame_planes([ds])[0]
     view = Dataset()
@@ -58,14 +65,24 @@ def _library_entry(ds: Dataset) -> Dataset:
     view.ImageOrientationPatient = [float(v) for v in iop]
     view.ImagePositionPatient = [float(v) for v in ipp]
     if "SliceThickness" not in view:
-        measures = ds.PerFrameFunctionalGroupsSequence[0].get("PixelMeasuresSequence") or \
-            ds.SharedFunctionalGroupsSequence[0].get("PixelMeasuresSequence") or [Dataset()]
-        view.SliceThickness = measures[0].get("SliceThickness")
+        view.SliceThickness = _first_frame_measures(ds).get("SliceThickness")
     return view
 
 
+def _first_frame_measures(ds: Dataset) -> Dataset:
+    """The Pixel Measures item of frame 1 (per-frame, else shared), empty if there is none."""
+    for groups in (ds.get("PerFrameFunctionalGroupsSequence"),
+                   ds.get("SharedFunctionalGroupsSequence")):
+        if groups:
+            measures = groups[0].get("PixelMeasuresSequence")
+            if measures:
+                item: Dataset = measures[0]
+                return item
+    return Dataset()
+
+
 def _library_images(source_images: Sequence[Dataset],
-                    groups: Sequence[hd.sr.Template]) -> list[Dataset]:
+                    groups: Sequence[Iterable[Dataset]]) -> list[Dataset]:
     """The first source image, then every other source image an IMAGE item references."""
     referenced = {
         str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
@@ -75,7 +92,7 @@ def _library_images(source_images: Sequence[Dataset],
     return [first, *(ds for ds in source_images[1:] if str(ds.SOPInstanceUID) in referenced)]
 
 
-def _image_items(items: Sequence[Dataset]):
+def _image_items(items: Iterable[Dataset]) -> Iterator[Dataset]:
     for item in items:
         if item.ValueType == "IMAGE":
             yield item
@@ -101,17 +118,17 @@ def _measurements(
     key = (layer, s.key)
     st = findings.statistics[key]
 
-    def num(name: Code, value: float, unit: Code, **kw) -> hd.sr.Measurement:
+    def num(name: Code, value: float, unit: Code, **kw: Any) -> hd.sr.Measurement:
         return hd.sr.Measurement(name=name, value=round(float(value), 4), unit=unit,
                                  algorithm_id=algorithm, **kw)
 
     out = [num(codes.SCT.Volume, st.volume_ml, MILLILITER)]
-    if st.mean is not None:
+    if st.mean is not None and st.sd is not None:
         name, unit = ((codes.DCM.AttenuationCoefficient, HOUNSFIELD) if findings.intensity_is_hu
                       else (codes.DCM.MRSignalIntensity, ARBITRARY))
         out.append(num(name, st.mean, unit, derivation=codes.SCT.Mean))
         out.append(num(name, st.sd, unit, derivation=codes.SCT.StandardDeviation))
-    for axis, value in zip(("X", "Y", "Z"), st.centroid):
+    for axis, value in zip(("X", "Y", "Z"), st.centroid, strict=True):
         out.append(num(getattr(codes.DCM, f"ImagePositionPatient{axis}"), value, MILLIMETER,
                        method=codes.DCM.CenterOfMass))
     if key in findings.heights:
@@ -123,7 +140,8 @@ def _measurements(
         out.append(num(private_code("HLR"), h.height_loss_ratio, RATIO))
     if key in findings.disc_heights:
         out.append(num(codes.DCM.Height, findings.disc_heights[key], MILLIMETER,
-                       finding_sites=[hd.sr.FindingSite(s.type, topographical_modifier=codes.SCT.Central)]))
+                       finding_sites=[hd.sr.FindingSite(
+                           s.type, topographical_modifier=codes.SCT.Central)]))
     if findings.trabecular_l1 and findings.trabecular_l1[:2] == key:
         out.append(num(codes.DCM.AttenuationCoefficient, findings.trabecular_l1[2], HOUNSFIELD,
                        derivation=codes.SCT.Mean, method=private_code("TRAB")))

@@ -59,7 +59,8 @@ def private_code(value: str) -> Code:
     try:
         meaning = MEANINGS[value]
     except KeyError:
-        raise KeyError(f"CodeValue {value!r} is not defined in coding scheme {DESIGNATOR}") from None
+        raise KeyError(
+            f"CodeValue {value!r} is not defined in coding scheme {DESIGNATOR}") from None
     return Code(value, DESIGNATOR, meaning, SCHEME_VERSION)
 
 

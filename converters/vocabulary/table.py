@@ -98,14 +98,16 @@ def level_code(level: str) -> Code:
     """SNOMED CT code of a vertebra level (private code for T13 and L6)."""
     if level in _PRIVATE_LEVEL_CODES:
         return private_code(_PRIVATE_LEVEL_CODES[level])
-    return getattr(codes.SCT, f"{level}Vertebra")
+    code: Code = getattr(codes.SCT, f"{level}Vertebra")
+    return code
 
 
 def disc_code(upper: str, lower: str) -> Code:
     """SNOMED CT code of the disc between two levels (private where SNOMED CT has none)."""
     if (upper, lower) in _PRIVATE_DISC_CODES:
         return private_code(_PRIVATE_DISC_CODES[(upper, lower)])
-    return getattr(codes.SCT, f"{upper}{lower}Disc")
+    code: Code = getattr(codes.SCT, f"{upper}{lower}Disc")
+    return code
 
 
 def _level_rgb(index: int, lightness: float) -> tuple[int, int, int]:

@@ -42,7 +42,14 @@ from .errors import (
     VolumeError,
 )
 from .frames import SourceFrame
-from .loader import SourceGrid, Volume, VolumeMetadata, from_source_grid, load_series, to_source_grid
+from .loader import (
+    SourceGrid,
+    Volume,
+    VolumeMetadata,
+    from_source_grid,
+    load_series,
+    to_source_grid,
+)
 from .sop_classes import VOLUME_SOP_CLASSES, is_volume_sop_class
 from .stacks import Stack
 

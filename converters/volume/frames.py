@@ -12,24 +12,26 @@ import math
 import os
 import struct
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Literal, Sequence
+from typing import Literal, SupportsFloat
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 from pydicom.tag import BaseTag, Tag
-from pydicom.multival import MultiValue
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
 
+from ..instance import frame_count, is_multiframe
 from .errors import PixelDataError, UnsupportedTransferSyntaxError
 from .sop_classes import is_volume_sop_class
 
@@ -45,7 +47,8 @@ class SourceFrame:
     """Where one plane of the volume came from.
 
     ``frame_number`` is the 1-based frame of a multi-frame instance (as in DICOM's
-    Referenced Frame Number) and None for a single-frame instance.
+    Referenced Frame Number) and None for a single-frame instance; which is which is
+    :func:`converters.instance.is_multiframe`'s rule, the one the SEG and SR writers use.
     """
 
     sop_instance_uid: str
@@ -221,7 +224,7 @@ def images_in_mosaic(ds: Dataset) -> int | None:
 
 
 def _mosaic_text(ds: Dataset, count: int | None) -> str:
-    rows, columns = int(value(ds, "Rows", 0)), int(value(ds, "Columns", 0))  # type: ignore[arg-type]
+    rows, columns = integer(ds, "Rows", 0), integer(ds, "Columns", 0)
     if count is None:
         return (f"unsupported Siemens mosaic (ImageType MOSAIC, one {rows}×{columns} frame; no "
                 "readable CSA header (0029,1010) says how many slices it tiles)")
@@ -238,12 +241,14 @@ def _group(ds: Dataset, index: int, keyword: str) -> Dataset | None:
     if per_frame is not None and index < len(per_frame):
         seq = per_frame[index].get(keyword)
         if seq:
-            return seq[0]
+            item: Dataset = seq[0]
+            return item
     shared = ds.get("SharedFunctionalGroupsSequence")
     if shared:
         seq = shared[0].get(keyword)
         if seq:
-            return seq[0]
+            shared_item: Dataset = seq[0]
+            return shared_item
     return None
 
 
@@ -251,6 +256,14 @@ def _label(raw: object) -> str:
     """AcquisitionNumber etc. as a stable text label ("2", not "2.0")."""
     number = first_number(raw)
     return str(int(number)) if number is not None and number.is_integer() else str(raw or "")
+
+
+def _as_float(value: object) -> float:
+    """``float(value)`` for what float() takes (numbers, pydicom's DS/IS, text); TypeError
+    for anything else."""
+    if isinstance(value, (float, int, str, bytes, SupportsFloat)):
+        return float(value)
+    raise TypeError(f"not a number: {value!r}")
 
 
 def first_number(value: object) -> float | None:
@@ -261,7 +274,7 @@ def first_number(value: object) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value)  # type: ignore[arg-type]
+        return _as_float(value)
     except (TypeError, ValueError):
         return None
 
@@ -310,7 +323,8 @@ def value(ds: Dataset, keyword: str, default: object = None) -> object:
             text = raw.decode("ascii", "replace").strip(" \0")
             parts = [part.strip() for part in text.split("\\")]
             try:
-                values: list[object] = [float(p) for p in parts] if vr in ("DS", "IS") else parts  # type: ignore[misc]
+                values: list[object] = ([float(p) for p in parts] if vr in ("DS", "IS")
+                                        else list(parts))
             except ValueError:
                 values = [ds[keyword].value]  # odd text: let pydicom decide what it means
             result = values[0] if len(values) == 1 else values
@@ -328,26 +342,45 @@ def numbers(ds: Dataset, keyword: str) -> list[float] | None:
         return None
     try:
         if isinstance(result, (MultiValue, list, tuple)):
-            return [float(v) for v in result]
-        return [float(result)]  # type: ignore[arg-type]
+            return [_as_float(v) for v in result]
+        return [_as_float(result)]
     except (TypeError, ValueError):
         return None
+
+
+def integer(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    """An integer attribute (Rows, BitsAllocated…) of the top level; ``default`` when absent
+    or empty, KeyError naming it when there is no default, ValueError when not a number."""
+    raw = value(ds, keyword)
+    if raw is None:
+        if default is None:
+            raise KeyError(keyword)
+        return default
+    number = first_number(raw)
+    if number is None:
+        raise ValueError(f"{keyword} {raw!r} is not a number")
+    return int(number)
+
+
+def _required(ds: Dataset, keyword: str, count: int) -> list[float]:
+    """The ``count`` numbers of a geometry attribute; KeyError naming it otherwise."""
+    found = numbers(ds, keyword)
+    if found is None or len(found) != count:
+        raise KeyError(keyword)
+    return found
 
 
 def frames_of(ds: Dataset) -> list[Frame]:
     """All frames of one instance; raises KeyError naming a missing geometry attribute."""
     sop_class, sop_uid = sop_uids(ds)
-    rows, columns = int(value(ds, "Rows")), int(value(ds, "Columns"))  # type: ignore[arg-type]
+    rows, columns = integer(ds, "Rows"), integer(ds, "Columns")
     series = str(value(ds, "SeriesInstanceUID", ""))
     instance = int(first_number(value(ds, "InstanceNumber")) or 0)
-    if "PerFrameFunctionalGroupsSequence" not in ds and "SharedFunctionalGroupsSequence" not in ds:
-        position, orientation = numbers(ds, "ImagePositionPatient"), numbers(ds, "ImageOrientationPatient")
-        spacing = numbers(ds, "PixelSpacing")
-        for key, found, count in (("ImagePositionPatient", position, 3),
-                                  ("ImageOrientationPatient", orientation, 6),
-                                  ("PixelSpacing", spacing, 2)):
-            if found is None or len(found) != count:
-                raise KeyError(key)
+    if not is_multiframe(ds):
+        # One frame, geometry in the Image Plane Module.
+        position = _required(ds, "ImagePositionPatient", 3)
+        orientation = _required(ds, "ImageOrientationPatient", 6)
+        spacing = _required(ds, "PixelSpacing", 2)
         slope = (numbers(ds, "RescaleSlope") or [1.0])[0]
         intercept = (numbers(ds, "RescaleIntercept") or [0.0])[0]
         identity = StackIdentity(
@@ -360,25 +393,26 @@ def frames_of(ds: Dataset) -> list[Frame]:
         return [Frame(
             dataset=ds, index=None, source=SourceFrame(sop_uid, None, sop_class),
             position=np.asarray(position, float), orientation=np.asarray(orientation, float),
-            pixel_spacing=(spacing[0], spacing[1]),  # type: ignore[index]
+            pixel_spacing=(spacing[0], spacing[1]),
             rows=rows, columns=columns, slope=slope, intercept=intercept, identity=identity,
             acquisition=_label(value(ds, "AcquisitionNumber", "")), order=instance * 1_000_000)]
 
+    # A multi-frame image: geometry in the functional groups (per-frame, else shared).
     frames = []
-    for i in range(int(first_number(value(ds, "NumberOfFrames")) or 1)):
-        position = _group(ds, i, "PlanePositionSequence")
-        orientation = _group(ds, i, "PlaneOrientationSequence")
+    for i in range(frame_count(ds)):
+        plane_position = _group(ds, i, "PlanePositionSequence")
+        plane_orientation = _group(ds, i, "PlaneOrientationSequence")
         measures = _group(ds, i, "PixelMeasuresSequence")
-        if position is None or "ImagePositionPatient" not in position:
+        if plane_position is None or "ImagePositionPatient" not in plane_position:
             raise KeyError("PlanePositionSequence/ImagePositionPatient")
-        if orientation is None or "ImageOrientationPatient" not in orientation:
+        if plane_orientation is None or "ImageOrientationPatient" not in plane_orientation:
             raise KeyError("PlaneOrientationSequence/ImageOrientationPatient")
         if measures is None or "PixelSpacing" not in measures:
             raise KeyError("PixelMeasuresSequence/PixelSpacing")
         transform = _group(ds, i, "PixelValueTransformationSequence")
-        slope = first_number(transform.get("RescaleSlope")) if transform else first_number(ds.get("RescaleSlope"))
-        intercept = (first_number(transform.get("RescaleIntercept")) if transform
-                     else first_number(ds.get("RescaleIntercept")))
+        rescale = transform if transform else ds
+        frame_slope = first_number(rescale.get("RescaleSlope"))
+        frame_intercept = first_number(rescale.get("RescaleIntercept"))
         content = _group(ds, i, "FrameContentSequence")
         echo = _group(ds, i, "MREchoSequence")
         diffusion = _group(ds, i, "MRDiffusionSequence")
@@ -392,16 +426,17 @@ def frames_of(ds: Dataset) -> list[Frame]:
         acquisition = content.get("FrameAcquisitionNumber", "") if content else ""
         frames.append(Frame(
             dataset=ds, index=i, source=SourceFrame(sop_uid, i + 1, sop_class),
-            position=np.asarray(position.ImagePositionPatient, float),
-            orientation=np.asarray(orientation.ImageOrientationPatient, float),
+            position=np.asarray(plane_position.ImagePositionPatient, float),
+            orientation=np.asarray(plane_orientation.ImageOrientationPatient, float),
             pixel_spacing=(float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1])),
-            rows=rows, columns=columns, slope=1.0 if slope is None else slope,
-            intercept=0.0 if intercept is None else intercept, identity=identity,
+            rows=rows, columns=columns, slope=1.0 if frame_slope is None else frame_slope,
+            intercept=0.0 if frame_intercept is None else frame_intercept, identity=identity,
             acquisition=str(acquisition), order=instance * 1_000_000 + i + 1))
     return frames
 
 
-_NATIVE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
+_NATIVE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                     DeflatedExplicitVRLittleEndian})
 
 
 def _syntax(ds: Dataset) -> str:
@@ -451,16 +486,16 @@ def _native(ds: Dataset) -> np.ndarray | None:
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if (syntax not in _NATIVE or "PixelData" not in ds
-            or int(first_number(value(ds, "NumberOfFrames")) or 1) != 1
+            or frame_count(ds) != 1
             or value(ds, "SamplesPerPixel", 1) != 1):
         return None
-    allocated = int(value(ds, "BitsAllocated", 0))  # type: ignore[arg-type]
-    stored = int(value(ds, "BitsStored", allocated))  # type: ignore[arg-type]
+    allocated = integer(ds, "BitsAllocated", 0)
+    stored = integer(ds, "BitsStored", allocated)
     signed = value(ds, "PixelRepresentation", 0) == 1
     if allocated not in (8, 16) or not 0 < stored <= allocated:
         return None
     dtype = np.dtype(f"{'i' if signed else 'u'}{allocated // 8}").newbyteorder("<")
-    rows, columns = int(value(ds, "Rows")), int(value(ds, "Columns"))  # type: ignore[arg-type]
+    rows, columns = integer(ds, "Rows"), integer(ds, "Columns")
     buffer = value(ds, "PixelData", b"")
     if not isinstance(buffer, bytes) or len(buffer) < rows * columns * dtype.itemsize:
         return None
@@ -506,5 +541,7 @@ def iter_decoded(frames: Sequence[Frame], release: Callable[[Dataset], bool] | N
                     del ds.PixelData
                 yield arr
                 continue
-            decoded[key] = arr
+            # frames of a multi-frame image by index: pydicom gives a one-frame image as
+            # (Rows, Columns), without the frame axis
+            decoded[key] = arr[np.newaxis] if arr.ndim == 2 else arr
         yield decoded[key][frame.index]

@@ -10,8 +10,8 @@ file order.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -85,8 +85,8 @@ def _check_against(frame: Frame, first: Frame, orientation_tolerance: float) -> 
 
 
 def _normal(orientation: np.ndarray) -> np.ndarray:
-    n = np.cross(orientation[:3], orientation[3:])
-    return n / np.linalg.norm(n)
+    n: np.ndarray = np.cross(orientation[:3], orientation[3:])
+    return n / float(np.linalg.norm(n))
 
 
 def sort_along_normal(frames: Sequence[Frame], normal: np.ndarray) -> list[Frame]:

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
+from ..instance import frame_numbers
 from .errors import (
     DuplicatePositionError,
     GantryTiltError,
@@ -36,17 +38,17 @@ from .frames import (
     Frame,
     SourceFrame,
     describe_uid,
-    iter_decoded,
     exclusion,
     first_number,
     frames_of,
+    iter_decoded,
     read_instances,
     repair_sop_uids,
     sop_uids,
 )
 from .geometry import GridCheck, Plane, check_grid, common_plane, raise_missing, sort_along_normal
 from .resample import RegularGrid, frames_to_grid, grid_to_frames, regular_grid, resample
-from .stacks import Stack, StackSelector, choose_stack, split_stacks
+from .stacks import StackSelector, choose_stack, split_stacks
 
 Policy = Literal["resample", "reject"]
 
@@ -196,8 +198,8 @@ def load_series(
     exclusions: list[Exclusion] = []
     seen: set[str] = set()
     repaired = instances = 0
-    for ds, owned in read:
-        repaired += owned and repair_sop_uids(ds)
+    for ds, ours in read:
+        repaired += ours and repair_sop_uids(ds)
         uid = sop_uids(ds)[1]
         if uid and uid in seen:  # the same instance sent twice is one instance
             continue
@@ -247,7 +249,7 @@ def load_series(
     grid = None
     if resampling:
         rescaled = [v * f.slope + f.intercept
-                    for v, f in zip(itertools.chain([first], values), sorted_frames)]
+                    for v, f in zip(itertools.chain([first], values), sorted_frames, strict=True)]
         grid = regular_grid(positions, plane, slice_spacing)
         padding = _padding(sorted_frames[0])
         outside = padding if padding is not None else min(float(r.min()) for r in rescaled)
@@ -260,7 +262,8 @@ def load_series(
         image.SetSpacing(grid.spacing)
     else:
         array = np.empty((len(sorted_frames), plane.rows, plane.columns), dtype)
-        for k, (v, f) in enumerate(zip(itertools.chain([first], values), sorted_frames)):
+        decoded = zip(itertools.chain([first], values), sorted_frames, strict=True)
+        for k, (v, f) in enumerate(decoded):
             if f.slope == 1.0:  # the usual CT case: one add, straight into the output type
                 np.add(v, f.intercept, out=array[k], casting="unsafe")
             else:
@@ -268,7 +271,8 @@ def load_series(
         image = sitk.GetImageFromArray(array)
         image.SetOrigin([float(v) for v in positions[0]])
         image.SetSpacing((plane.column_spacing, plane.row_spacing,
-                          check.spacing if len(sorted_frames) > 1 else _thickness(sorted_frames[0])))
+                          check.spacing if len(sorted_frames) > 1
+                          else _thickness(sorted_frames[0])))
     image.SetDirection([float(v) for v in plane.direction.ravel()])
     del first, values, array
 
@@ -409,7 +413,8 @@ def _metadata(frames: Sequence[Frame], datasets: Sequence[Dataset]) -> VolumeMet
 
 
 def _as_label_array(volume: Volume, labelmap: sitk.Image | np.ndarray) -> np.ndarray:
-    array = sitk.GetArrayFromImage(labelmap) if isinstance(labelmap, sitk.Image) else np.asarray(labelmap)
+    array = (sitk.GetArrayFromImage(labelmap) if isinstance(labelmap, sitk.Image)
+             else np.asarray(labelmap))
     expected = volume.image.GetSize()[::-1]
     if array.shape != tuple(expected):
         raise VolumeError(f"label map shape {array.shape} (z, y, x) does not match the volume "
@@ -443,13 +448,9 @@ def to_source_grid(volume: Volume, labelmap: sitk.Image | np.ndarray) -> SourceG
     nowhere = np.full(3, np.nan)
     empty = np.zeros((rows, columns), labels.dtype)
     for ds in volume.datasets:
-        count = int(ds.get("NumberOfFrames", 1) or 1)
         sop_class, sop_uid = sop_uids(ds)
-        if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
-            refs = [SourceFrame(sop_uid, i + 1, sop_class) for i in range(count)]
-        else:
-            refs = [SourceFrame(sop_uid, None, sop_class)]
-        for ref in refs:
+        for number in frame_numbers(ds):  # the frame numbering frames_of gave the sources
+            ref = SourceFrame(sop_uid, number, sop_class)
             k = by_source.get(ref)
             frames.append(ref)
             planes.append(empty if k is None else per_frame[k])
@@ -458,9 +459,15 @@ def to_source_grid(volume: Volume, labelmap: sitk.Image | np.ndarray) -> SourceG
     return SourceGrid(
         datasets=list(volume.datasets), frames=frames, array=np.stack(planes),
         positions=np.stack(positions),
-        orientation=tuple(float(v) for v in (*plane.row, *plane.column)),  # type: ignore[arg-type]
+        orientation=_orientation(plane),
         pixel_spacing=(plane.row_spacing, plane.column_spacing),
         spacing_between_slices=float(volume.image.GetSpacing()[2]))
+
+
+def _orientation(plane: Plane) -> tuple[float, float, float, float, float, float]:
+    """ImageOrientationPatient of the plane: row cosine, then column cosine."""
+    (rx, ry, rz), (cx, cy, cz) = (float(v) for v in plane.row), (float(v) for v in plane.column)
+    return rx, ry, rz, cx, cy, cz
 
 
 def from_source_grid(volume: Volume, source: SourceGrid | np.ndarray) -> sitk.Image:

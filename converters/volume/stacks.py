@@ -15,8 +15,8 @@ and repeat), then to the stack whose first InstanceNumber is lowest.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -68,8 +68,8 @@ def _is_number(text: str) -> bool:
 
 
 def _normal(frame: Frame) -> np.ndarray:
-    n = np.cross(frame.orientation[:3], frame.orientation[3:])
-    return n / np.linalg.norm(n)
+    n: np.ndarray = np.cross(frame.orientation[:3], frame.orientation[3:])
+    return n / float(np.linalg.norm(n))
 
 
 def split_stacks(frames: Sequence[Frame], split_angle_deg: float = 5.0,
@@ -92,14 +92,18 @@ def split_stacks(frames: Sequence[Frame], split_angle_deg: float = 5.0,
             else:
                 clusters.append((n, [frame]))
         for normal, members in clusters:
+            x, y, z = (float(v) for v in normal)
             for repeat, part in _split_repeats(members, normal, position_tolerance_mm):
-                stacks.append(Stack(identity, tuple(part),
-                                    tuple(float(v) for v in normal), repeat))  # type: ignore[arg-type]
+                stacks.append(Stack(identity, tuple(part), (x, y, z), repeat))
     return sorted(stacks, key=Stack.sort_key)
 
 
 def _position_keys(frames: Sequence[Frame], tolerance: float) -> list[tuple[int, int, int]]:
-    return [tuple(int(v) for v in np.round(f.position / tolerance)) for f in frames]  # type: ignore[misc]
+    keys = []
+    for f in frames:
+        x, y, z = (int(v) for v in np.round(f.position / tolerance))
+        keys.append((x, y, z))
+    return keys
 
 
 def _split_repeats(frames: list[Frame], normal: np.ndarray, tolerance: float
@@ -118,7 +122,7 @@ def _split_repeats(frames: list[Frame], normal: np.ndarray, tolerance: float
         return sorted(by_acquisition.items())
     occurrences: dict[tuple[int, int, int], int] = {}
     split: dict[int, list[Frame]] = {}
-    for frame, key in sorted(zip(frames, keys), key=lambda fk: fk[0].order):
+    for frame, key in sorted(zip(frames, keys, strict=True), key=lambda fk: fk[0].order):
         rank = occurrences.get(key, 0)
         occurrences[key] = rank + 1
         split.setdefault(rank, []).append(frame)

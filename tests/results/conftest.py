@@ -57,7 +57,8 @@ def dciodvfy_errors(ds: Dataset, folder: Path) -> list[str]:
     path = folder / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
     result = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+    lines = (result.stdout + result.stderr).splitlines()
+    return [line for line in lines if line.startswith("Error")]
 
 
 def patient_resample(array: np.ndarray, affine: np.ndarray, target_affine: np.ndarray,
@@ -73,9 +74,10 @@ def patient_resample(array: np.ndarray, affine: np.ndarray, target_affine: np.nd
     assert np.abs(m[:3, 3] - offset).max() < 1e-3, "read-back voxel centres are shifted"
     src_axis = np.abs(perm).argmax(axis=0)  # source axis of each target axis
     sign = perm[src_axis, range(3)]
-    idx = [(sign[j] * np.arange(target_shape[j]) + offset[src_axis[j]]).astype(int) for j in range(3)]
+    idx = [(sign[j] * np.arange(target_shape[j]) + offset[src_axis[j]]).astype(int)
+           for j in range(3)]
     valid = [(i >= 0) & (i < array.shape[src_axis[j]]) for j, i in enumerate(idx)]
     out = np.zeros(target_shape, array.dtype)
     moved = array.transpose(src_axis)
-    out[np.ix_(*valid)] = moved[np.ix_(*(i[v] for i, v in zip(idx, valid)))]
+    out[np.ix_(*valid)] = moved[np.ix_(*(i[v] for i, v in zip(idx, valid, strict=True)))]
     return out

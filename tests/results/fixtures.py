@@ -3,14 +3,14 @@
 ``example_ct()``: the real CT series ``example_ct_dicom`` (20 axial slices, 512²) with
 TotalSegmentator's ``example_seg_dicom.nii.gz`` resampled onto its grid. The files have empty
 Study/Series UIDs, so deterministic ones are filled in here; the loader repairs the blank
-SOP UIDs. Both cases go through ``converters.load_series`` / ``to_source_grid``. ``synthetic_mr(direction)``: tests/synthetic.py's sagittal T2w
-lumbar MR with a TotalSpineSeg-style label map derived from its known tissue classes.
+SOP UIDs. Both cases go through ``converters.load_series`` / ``to_source_grid``.
+``synthetic_mr(oblique)``: tests/synthetic.py's sagittal (or oblique sagittal) T2w lumbar MR
+with a TotalSpineSeg-style label map derived from its known tissue classes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -44,7 +44,8 @@ class Case:
 def sort_along_normal(datasets: list[Dataset]) -> list[Dataset]:
     iop = np.asarray(datasets[0].ImageOrientationPatient, float)
     normal = np.cross(iop[:3], iop[3:])
-    return sorted(datasets, key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))))
+    return sorted(datasets,
+                  key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))))
 
 
 def _on_source_grid(datasets: list[Dataset], labels_on_volume) -> Case:
@@ -68,7 +69,8 @@ def example_ct() -> Case:
     nifti = sitk.ReadImage(str(DATA / "example_seg_dicom.nii.gz"))
     grid, hu, volume = _on_source_grid(datasets, lambda vol: sitk.Resample(
         nifti, vol.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
-    return Case(list(grid.datasets), grid.array, TOTALSEG_MAPPING, hu, volume=volume, source_grid=grid)
+    return Case(list(grid.datasets), grid.array, TOTALSEG_MAPPING, hu, volume=volume,
+                source_grid=grid)
 
 
 #: A true sagittal plane: rows along +y (posterior), columns along −z (feet). (At the time of
@@ -95,4 +97,5 @@ def synthetic_mr(oblique: bool = False) -> Case:
         return labels
 
     grid, values, volume = _on_source_grid(list(syn.datasets), labels_of)
-    return Case(list(grid.datasets), grid.array, totalspineseg(), values, volume=volume, source_grid=grid)
+    return Case(list(grid.datasets), grid.array, totalspineseg(), values, volume=volume,
+                source_grid=grid)

@@ -153,7 +153,7 @@ def test_findings_on_bounding_boxes_equal_whole_map_measurements():
     """``measure`` works on each structure's bounding box; on an oblique grid, with a body
     touching the array's edge and a disc, the numbers equal whole-map measurements."""
     from converters.measurements.findings import Layer, measure
-    from converters.vocabulary import LabelMapping, structure
+    from converters.vocabulary import LabelMapping
 
     mapping = LabelMapping("vb", {13: "body_L1", 14: "body_L2", 90: "disc_L1_L2"})
     labels = np.zeros((60, 70, 50), np.uint8)

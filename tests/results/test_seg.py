@@ -65,9 +65,11 @@ def test_dcmqi_reads_back_exact_labels_and_geometry(encoded, kind, tmp_path):
     affine[:3, 3] = img.GetOrigin()
     grid = Grid.from_datasets(encoded.case.datasets)
     # dcmqi writes segment numbers; it covers only the slices holding segments
-    back = patient_resample(sitk.GetArrayFromImage(img), affine, grid.affine, _expected(encoded).shape)
+    back = patient_resample(sitk.GetArrayFromImage(img), affine, grid.affine,
+                            _expected(encoded).shape)
     np.testing.assert_array_equal(back, _expected(encoded))
-    np.testing.assert_allclose(np.abs(np.linalg.det(affine[:3, :3])), grid.voxel_volume_mm3, rtol=1e-5)
+    np.testing.assert_allclose(np.abs(np.linalg.det(affine[:3, :3])), grid.voxel_volume_mm3,
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["binary", "labelmap"])
@@ -77,7 +79,8 @@ def test_ohif_requirements(encoded, kind):
     src0 = encoded.case.datasets[0]
     (ref_series,) = seg.ReferencedSeriesSequence
     assert ref_series.SeriesInstanceUID == src0.SeriesInstanceUID
-    assert {i.ReferencedSOPInstanceUID for i in ref_series.ReferencedInstanceSequence} == set(sources)
+    referenced = {i.ReferencedSOPInstanceUID for i in ref_series.ReferencedInstanceSequence}
+    assert referenced == set(sources)
     assert seg.FrameOfReferenceUID == src0.FrameOfReferenceUID
     assert (seg.Rows, seg.Columns) == (src0.Rows, src0.Columns)
     shared = seg.SharedFunctionalGroupsSequence[0]
@@ -108,7 +111,8 @@ def test_uids_are_stable_and_depend_on_source_pipeline_and_weights(encoded):
     other = encode_results(case.datasets, case.labelmap, case.mapping, newer, opts)[0]
     assert other.SeriesInstanceUID != first.SeriesInstanceUID
     assert encoded.labelmap[0].SOPInstanceUID != first.SOPInstanceUID
-    echo2 = PipelineMetadata(PIPELINE.pipeline, PIPELINE.model, PIPELINE.weights_version, stack="echo 2")
+    echo2 = PipelineMetadata(PIPELINE.pipeline, PIPELINE.model, PIPELINE.weights_version,
+                             stack="echo 2")
     assert encode_results(case.datasets, case.labelmap, case.mapping, echo2, opts)[0] \
         .SeriesInstanceUID != first.SeriesInstanceUID
     assert all(len(uid) <= 64 for uid in (first.SOPInstanceUID, first.SeriesInstanceUID))

@@ -14,7 +14,8 @@ from tests.results.fixtures import sort_along_normal
 
 # dciodvfy (20260927) only accepts Referenced Segment Number for SOP class 66.4; an SR that
 # references a LABELMAP SEG (66.7), which is a Segmentation too, gets this one message.
-LABELMAP_REFERENCE_MESSAGE = "Shall not be present for Referenced SOP Class that is not segmentation"
+LABELMAP_REFERENCE_MESSAGE = (
+    "Shall not be present for Referenced SOP Class that is not segmentation")
 
 
 def _items(node: Dataset):
@@ -88,7 +89,7 @@ def test_volume_and_intensity_match_the_label_map(encoded):
     step = np.subtract(case.datasets[1].ImagePositionPatient, ds0.ImagePositionPatient)
     voxel_ml = float(np.prod(ds0.PixelSpacing)) * float(np.linalg.norm(step)) / 1000
     structures = case.mapping.structures_present(case.labelmap)
-    for s, group in zip(structures, _groups(sr)):
+    for s, group in zip(structures, _groups(sr), strict=True):
         values = [v for v, k in case.mapping.labels.items() if k == s.key]
         mask = np.isin(case.labelmap, values)
         nums = {(code, unit): value for code, value, unit, _ in _nums(group)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from pydicom.sr._concepts_dict import concepts
@@ -11,16 +13,18 @@ from converters.vocabulary import (
     PRIVATE_SCHEME,
     VOCABULARY,
     LabelMapping,
+    private,
     spineps_instances,
     spineps_subregions,
     totalspineseg,
     vertebral_bodies_ct,
 )
-from converters.vocabulary import private
 from converters.vocabulary.table import VERTEBRAL_BODY
 
 #: SNOMED CT codes used although PS3.16 (hence pydicom) lacks them, each with its reason.
-NOT_IN_PS316 = {VERTEBRAL_BODY.value: "SNOMED CT 3572006 Vertebral body structure; used by TotalSegmentator"}
+NOT_IN_PS316 = {
+    VERTEBRAL_BODY.value: "SNOMED CT 3572006 Vertebral body structure; used by TotalSegmentator",
+}
 
 
 def _meanings(scheme: str, value: str) -> set[str]:
@@ -68,7 +72,7 @@ def test_every_level_disc_and_subregion_is_present():
 
 
 def test_adjacent_levels_have_distinct_colours():
-    for a, b in zip(LEVELS, LEVELS[1:]):
+    for a, b in itertools.pairwise(LEVELS):
         ca, cb = (np.array(VOCABULARY[f"vertebra_{x}"].rgb) for x in (a, b))
         assert np.abs(ca - cb).sum() > 60, (a, b)
 
@@ -91,7 +95,8 @@ def test_totalspineseg_discs_are_numbered_from_c2_c3():
     m = totalspineseg()
     assert (m.labels[63], m.labels[67], m.labels[71], m.labels[82]) == (
         "disc_C2_C3", "disc_C6_C7", "disc_C7_T1", "disc_T11_T12")
-    assert (m.labels[91], m.labels[96], m.labels[100]) == ("disc_T12_L1", "disc_L5_L6", "disc_L5_S1")
+    assert (m.labels[91], m.labels[96], m.labels[100]) == (
+        "disc_T12_L1", "disc_L5_L6", "disc_L5_S1")
 
 
 def test_spineps_disc_below_depends_on_supernumerary_levels():

@@ -49,14 +49,14 @@ def test_highdicom_segmentation_from_source_grid(build) -> None:
     labels[2:4, 3:7, 4:9] = 1  # a block, so the frames that carry it are known
     seg = _seg_from(volume, labels)
     grid = to_source_grid(volume, labels)
-    carrying = {(f.sop_instance_uid, f.frame_number) for f, plane in zip(grid.frames, grid.array)
-                if plane.any()}
+    carrying = {(f.sop_instance_uid, f.frame_number)
+                for f, plane in zip(grid.frames, grid.array, strict=True) if plane.any()}
     referenced = set()
     for item in seg.PerFrameFunctionalGroupsSequence:
         derivation = item.DerivationImageSequence[0].SourceImageSequence[0]
-        referenced.add((derivation.ReferencedSOPInstanceUID,
-                        int(derivation.ReferencedFrameNumber) if "ReferencedFrameNumber" in derivation
-                        else None))
+        number = (int(derivation.ReferencedFrameNumber)
+                  if "ReferencedFrameNumber" in derivation else None)
+        referenced.add((derivation.ReferencedSOPInstanceUID, number))
     assert referenced == carrying
     # the SEG's own plane positions are those of the source frames that carry the block
     positions = {tuple(np.round(item.PlanePositionSequence[0].ImagePositionPatient, 3))

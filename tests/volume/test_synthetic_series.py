@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -118,7 +118,8 @@ def test_sources_and_datasets_follow_slice_order() -> None:
     volume = load_series(syn.datasets)
     z = [float(ds.ImagePositionPatient[2]) for ds in volume.datasets]
     assert z == sorted(z)
-    assert [ds.SOPInstanceUID for ds in volume.datasets] == [s.sop_instance_uid for s in volume.sources]
+    assert [ds.SOPInstanceUID for ds in volume.datasets] == [
+        s.sop_instance_uid for s in volume.sources]
     assert all(s.frame_number is None for s in volume.sources)
     assert volume.metadata.modality == "CT"
     assert volume.metadata["rescale_intercept"] == -1024.0
@@ -147,7 +148,8 @@ def test_enhanced_ct_per_frame_rescale() -> None:
     assert [s.frame_number for s in volume.sources] == list(range(7, 0, -1))
 
 
-@pytest.mark.parametrize("syntax,lossy", S.COMPRESSED_SYNTAXES, ids=[s.name for s, _ in S.COMPRESSED_SYNTAXES])
+@pytest.mark.parametrize("syntax,lossy", S.COMPRESSED_SYNTAXES,
+                         ids=[s.name for s, _ in S.COMPRESSED_SYNTAXES])
 def test_compressed_transfer_syntaxes(syntax, lossy: bool) -> None:
     base = S.base_for(syntax)
     try:
@@ -208,7 +210,8 @@ def test_two_stacks_primary_and_override() -> None:
     assert len(volume.stacks) == 2 and volume.warnings
     other = load_series(syn.datasets, select_stack=1)
     assert_same_image(other.image, syn.notes["secondary"])
-    picked = load_series(syn.datasets, select_stack=lambda stacks: min(stacks, key=lambda s: len(s.frames)))
+    picked = load_series(syn.datasets,
+                         select_stack=lambda stacks: min(stacks, key=lambda s: len(s.frames)))
     assert_same_image(picked.image, syn.notes["secondary"])
     with pytest.raises(StackSelectionError):
         load_series(syn.datasets, select_stack=5)
@@ -227,7 +230,8 @@ def test_b_values_split_from_files(tmp_path) -> None:
     """DiffusionBValue is binary (FD) in files: read through pydicom, not as text."""
     syn = S.multi_echo("DiffusionBValue")
     paths = S.write_series(syn, tmp_path)
-    volume = load_series(paths, select_stack=lambda stacks: max(stacks, key=lambda s: s.identity.b_value))
+    volume = load_series(
+        paths, select_stack=lambda stacks: max(stacks, key=lambda s: s.identity.b_value))
     assert_same_image(volume.image, syn.notes["second"])
     assert "b-value 800.0" in volume.stacks[0]
 
