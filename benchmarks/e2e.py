@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.load_series import write_series  # noqa: E402
-from tests.models.train_small_model import CT as EXAMPLE_CT  # noqa: E402
 from benchmarks.report import report  # noqa: E402
+from tests.models.train_small_model import CT as EXAMPLE_CT  # noqa: E402
 from tests.orthanc import Orthanc  # noqa: E402
 from tests.service.conftest import RunningNode, free_port, storescu  # noqa: E402
 
@@ -185,10 +184,10 @@ def run_node(series: Path, store: Path, work: Path, timeout: float, device: str,
     stamps = {k: datetime.fromisoformat(v).timestamp() for k, v in json.loads(stage_times).items()}
     received = datetime.fromisoformat(last_received)
     if received.tzinfo is None:
-        received = received.replace(tzinfo=timezone.utc)  # the index stores UTC
+        received = received.replace(tzinfo=UTC)  # the index stores UTC
     order = ["complete", "routed", "loading", "segmenting", "encoding", "dispatching", "done"]
     stages = {f"stage_{a if a != 'complete' else 'routing'}": stamps[b] - stamps[a]
-              for a, b in zip(order, order[1:]) if a in stamps and b in stamps}
+              for a, b in zip(order, order[1:], strict=False) if a in stamps and b in stamps}
     quiet = stamps["complete"] - received.timestamp()
     total = seg_at - last_store
     return {"state": state, "total": total, "quiet": quiet, "stages": stages,

@@ -4,8 +4,9 @@ The input: a synthetic axial CT series of 320 slices of 512 × 512 (0.7 × 0.7 �
 uncompressed, written once to a temporary folder) and a spine-like label map on it with
 24 vertebrae, 23 discs, spinal cord and canal (49 labels; TotalSpineSeg values). Both tools
 write a BINARY SEG (Explicit VR Little Endian, without empty frames), then a LABELMAP SEG
-(ours RLE Lossless, dcmqi uncompressed), from the same label map and the same source files; dcmqi reads the label map from NRRD and its metadata JSON
-(generated from our vocabulary), we get the array and the source headers. Each side runs
+(ours RLE Lossless, dcmqi uncompressed), from the same label map and the same source files;
+dcmqi reads the label map from NRRD and its metadata JSON (generated from our vocabulary), we
+get the array and the source headers. Each side runs
 once in its own process, timed from reading the source headers to the SEG file on disk;
 peak RSS is that process's high-water mark (ru_maxrss), imports included.
 
@@ -29,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.report import report  # noqa: E402
+
 SHAPE = (320, 512, 512)  # slices, rows, columns
 SPACING = (1.0, 0.7, 0.7)  # slice, row, column (mm)
 PIPELINE_ARGS = ("totalspineseg", "Dataset102_TotalSpineSeg_step2", "r20241115")
@@ -45,15 +47,18 @@ def label_map():
     z, y, x = np.ogrid[:nz, :ny, :nx]
     mapping = totalspineseg()
     by_key = {k: v for v, k in mapping.labels.items()}
-    levels = [f"C{i}" for i in range(2, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
+    levels = ([f"C{i}" for i in range(2, 8)] + [f"T{i}" for i in range(1, 13)]
+              + [f"L{i}" for i in range(1, 6)])
     body = (np.abs(y - 230) < 45) & (np.abs(x - 256) < 40)
     top = 4
     for i, level in enumerate(levels):  # 23 levels × 13 slices = 299 slices
         labels[top:top + 10][np.broadcast_to(body, (10, ny, nx))] = by_key[f"vertebra_{level}"]
         lower = levels[i + 1] if i + 1 < len(levels) else "S1"
-        labels[top + 10:top + 13][np.broadcast_to(body, (3, ny, nx))] = by_key[f"disc_{level}_{lower}"]
+        disc = by_key[f"disc_{level}_{lower}"]
+        labels[top + 10:top + 13][np.broadcast_to(body, (3, ny, nx))] = disc
         top += 13
-    labels[top:top + 10][np.broadcast_to(body, (10, ny, nx))] = by_key["vertebra_C1"]  # 24th vertebra
+    # 24th vertebra
+    labels[top:top + 10][np.broadcast_to(body, (10, ny, nx))] = by_key["vertebra_C1"]
     canal = (y - 300) ** 2 + (x - 256) ** 2 < 14**2
     cord = (y - 300) ** 2 + (x - 256) ** 2 < 6**2
     labels[:, canal[0]] = by_key["spinal_canal"]
@@ -140,7 +145,8 @@ def measured(cmd: list[str]) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of ``cmd`` run in a fresh wrapper process."""
     wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
                "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
-               "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+               "print(time.perf_counter() - t, "
+               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", wrapper, *cmd], check=True, capture_output=True,
                          text=True, cwd=REPO).stdout.split()
     return float(out[0]), int(out[1]) * 1024
@@ -171,9 +177,10 @@ def main() -> None:
         ours_out, ref_out = work / f"ours-{ref_type}.dcm", work / f"dcmqi-{ref_type}.dcm"
         ours_t, ours_rss = measured([sys.executable, __file__, "--worker", str(sources),
                                      str(ours_out), str(work / "labels.npy"), ours_type])
-        ref_t, ref_rss = measured([str(tool), "--inputImageList", str(nrrd), "--inputDICOMDirectory",
-                                   str(sources), "--outputDICOM", str(ref_out), "--inputMetadata",
-                                   str(meta), "--segmentationType", ref_type, "--skip", "1"])
+        ref_t, ref_rss = measured([str(tool), "--inputImageList", str(nrrd),
+                                   "--inputDICOMDirectory", str(sources),
+                                   "--outputDICOM", str(ref_out), "--inputMetadata", str(meta),
+                                   "--segmentationType", ref_type, "--skip", "1"])
         what = f"{ours_type}, {SHAPE[0]}×{SHAPE[1]}², 49 labels"
         rows += [
             {"name": f"SEG write time ({what})", "ours": ours_t, "reference": ref_t, "unit": "s"},

@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.report import report  # noqa: E402
 from tests.shared_data import SHARED_DATA  # noqa: E402
+
 NIFTI = SHARED_DATA / "totalsegmentator-ref" / "aorta_report" / "example_ct.nii.gz"
 
 
@@ -77,7 +78,7 @@ def run_one(tool: str, folder: Path) -> dict[str, float]:
         sys.path.insert(0, str(REPO))
         from converters import load_series
 
-        load_series.__call__  # the import is lazy: resolve it before the clock starts
+        _ = load_series.__call__  # the import is lazy: resolve it before the clock starts
         from converters import volume  # noqa: F401
     elif tool == "simpleitk":
         import SimpleITK as sitk

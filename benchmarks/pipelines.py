@@ -4,15 +4,16 @@ Model: a random-weight VertebralBodiesCT-layout folder (ResEnc plans, ``fold_all
 nnU-Net's own trainer by ``tests/models/modelfolders.py`` — the real weights cannot be downloaded
 here; what is measured is the per-series overhead around the network (start-up, model load,
 preprocessing, export), which a real model shares. Spacing 3 mm, patch 32×64×64.
-Inputs: ``N`` crops (60 slices each, int16) of ``../shared/data/totalsegmentator-ref/example_ct.nii.gz``
-(122×101×112 at 3 mm), written as NIfTI.
+Inputs: ``N`` crops (60 slices each, int16) of
+``../shared/data/totalsegmentator-ref/example_ct.nii.gz`` (122×101×112 at 3 mm), written as NIfTI.
 
 (a) per-series latency: ours = one series through the warm pipeline (``VertebralBodiesCT.run`` +
     writing ``labels.nii.gz``) in a process where the model is already loaded (median over the
     cases after the first); reference = ``nnUNetv2_predict_from_modelfolder -f all --disable_tta``
     started once per series, as a container-per-job integration does (median wall time).
-(b) folder throughput: ``dicomnode process FOLDER --no-encode`` vs ``nnUNetv2_predict_from_modelfolder``
-    over the same folder, each one process start, cases per second.
+(b) folder throughput: ``dicomnode process FOLDER --no-encode`` vs
+    ``nnUNetv2_predict_from_modelfolder`` over the same folder, each one process start, cases
+    per second.
 (c) peak RSS of both (b) runs: the sum over the process tree (nnU-Net's worker processes
     included), sampled every 50 ms.
 
@@ -41,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.report import report  # noqa: E402
 from tests.shared_data import SHARED_DATA  # noqa: E402
+
 CT = SHARED_DATA / "totalsegmentator-ref" / "example_ct.nii.gz"
 NNUNET = Path(sys.executable).with_name("nnUNetv2_predict_from_modelfolder")
 
@@ -87,9 +89,9 @@ def warm_latency(models: Path, inputs: list[Path], device: str) -> list[float]:
     import SimpleITK as sitk
 
     from dicomnode.models.pipelines import get_pipeline
-    from dicomnode.run.case import NiftiVolume
     from dicomnode.models.registry import ModelStore
     from dicomnode.models.runtime import NnUNetRuntime
+    from dicomnode.run.case import NiftiVolume
 
     pipeline = get_pipeline("vertebral-bodies-ct")(ModelStore(models), NnUNetRuntime(device))
     times = []
@@ -110,7 +112,8 @@ def main() -> int:
     parser.add_argument("--pipeline", default="vertebral-bodies-ct",
                         choices=["vertebral-bodies-ct", "totalspineseg", "spineps", "all"],
                         help="the MR pipelines run benchmarks/pipelines_mr.py's measurements")
-    parser.add_argument("--warm-only", nargs=2, metavar=("MODELS", "INPUTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--warm-only", nargs=2, metavar=("MODELS", "INPUTS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     if args.warm_only:  # child process: keep the parent's memory out of the measurement

@@ -79,9 +79,9 @@ def warm_latency(pipeline: str, models: Path, inputs: Path) -> list[float]:
     import SimpleITK as sitk
 
     from dicomnode.models.pipelines import get_pipeline
-    from dicomnode.run.case import NiftiVolume
     from dicomnode.models.registry import ModelStore
     from dicomnode.models.runtime import NnUNetRuntime
+    from dicomnode.run.case import NiftiVolume
 
     runner = get_pipeline(pipeline)(ModelStore(models), NnUNetRuntime("cpu"))
     times = []
@@ -95,8 +95,8 @@ def warm_latency(pipeline: str, models: Path, inputs: Path) -> list[float]:
 
 
 def _ours(pipeline: str, models: Path, inputs: Path, tmp: Path) -> tuple[float, float, float]:
-    warm = subprocess.run([sys.executable, __file__, "--warm-only", pipeline, str(models), str(inputs)],
-                          capture_output=True, text=True, check=True)
+    warm = subprocess.run([sys.executable, __file__, "--warm-only", pipeline, str(models),
+                           str(inputs)], capture_output=True, text=True, check=True)
     # SPINEPS prints a citation box on exit: take our marked line, not the last one
     line = next(x for x in warm.stdout.splitlines() if x.startswith(_MARK))
     latency = statistics.median(json.loads(line[len(_MARK):]))
@@ -114,7 +114,8 @@ def bench_totalspineseg(tmp: Path, count: int) -> list[dict]:
     from tests.models_mr import official, tss_models
 
     data = tss_models.build_release(tmp / "tss-data")
-    install(REGISTRY["totalspineseg"], ModelStore(tmp / "models"), tss_models.release_zips(data, tmp / "zips"))
+    install(REGISTRY["totalspineseg"], ModelStore(tmp / "models"),
+            tss_models.release_zips(data, tmp / "zips"))
     inputs = tmp / "tss-inputs"
     tss_inputs(inputs, count)
     latency, ours_s, ours_rss = _ours("totalspineseg", tmp / "models", inputs, tmp)
@@ -151,7 +152,8 @@ def bench_spineps(tmp: Path, count: int) -> list[dict]:
                 "model_instance=sys.argv[3], model_labeling=None, use_cpu=True, "
                 "output_in_memory=True); sys.exit(0 if r.success else 1)")
         return run_measured([sys.executable, "-c", code, str(path),
-                             str(installed.component("semantic")), str(installed.component("instance"))])
+                             str(installed.component("semantic")),
+                             str(installed.component("instance"))])
 
     files = sorted(inputs.glob("*.nii.gz"))
     runs = [reference(path) for path in files]
@@ -169,8 +171,9 @@ def _rows(pipeline: str, command: str, n: int, latency: float, ref_latency: floa
         {"name": f"{pipeline}: folder throughput ({n} cases), dicomnode process vs {command}",
          "ours": round(n / ours_s, 4), "reference": round(n / ref_s, 4), "unit": "cases/s",
          "ratio": round(ref_s / ours_s, 3)},
-        {"name": f"{pipeline}: peak RSS of the folder run (process tree)", "ours": round(ours_rss, 1),
-         "reference": round(ref_rss, 1), "unit": "MiB", "ratio": round(ours_rss / ref_rss, 3)},
+        {"name": f"{pipeline}: peak RSS of the folder run (process tree)",
+         "ours": round(ours_rss, 1), "reference": round(ref_rss, 1), "unit": "MiB",
+         "ratio": round(ours_rss / ref_rss, 3)},
     ]
 
 

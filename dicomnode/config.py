@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 #: The default configuration shipped with the project (repository root).
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
@@ -42,10 +43,10 @@ class TLSConfig(_Section):
     """TLS on the DICOM listener (DICOM PS3.15 B.1, port conventionally 2762)."""
 
     enabled: bool = False
-    certificate: Path | None = Field(None, description="PEM server certificate")
-    private_key: Path | None = Field(None, description="PEM private key of the certificate")
+    certificate: Path | None = Field(default=None, description="PEM server certificate")
+    private_key: Path | None = Field(default=None, description="PEM private key of the certificate")
     ca_certificates: Path | None = Field(
-        None, description="PEM bundle of CAs whose client certificates are accepted"
+        default=None, description="PEM bundle of CAs whose client certificates are accepted"
     )
     require_client_certificate: bool = False
 
@@ -75,7 +76,7 @@ class NodeConfig(_Section):
     network_timeout: float = 60.0
     #: Seconds a new connection may take to send its A-ASSOCIATE-RQ (and, with TLS, to finish
     #: its handshake) before it is closed: port probes must not hold association slots.
-    acse_timeout: float = Field(5.0, gt=0)
+    acse_timeout: float = Field(default=5.0, gt=0)
     #: ``strict``: UIDs must follow PS3.5 9.1 exactly. ``lenient``: components with leading
     #: zeros (written by some real archives) are accepted and logged; anything else that is
     #: not digits and dots, or longer than 64 characters, is refused either way.
@@ -122,7 +123,7 @@ class StorageConfig(_Section):
     #: Most bytes kept under ``spool/.quarantine`` (refused data sets); oldest removed first.
     quarantine_max: int = 1024**3
     #: Days a refused data set is kept under ``spool/.quarantine``.
-    quarantine_days: float = Field(30.0, gt=0)
+    quarantine_days: float = Field(default=30.0, gt=0)
 
     @field_validator("min_free", "max_instance_size", "quarantine_max", mode="before")
     @classmethod
@@ -241,7 +242,8 @@ class ModelsConfig(_Section):
             if entry is None:
                 raise ValueError(f"{model!r} is not a known model (known: {', '.join(REGISTRY)})")
             if entry.pipeline != pipeline:
-                raise ValueError(f"model {model} belongs to pipeline {entry.pipeline}, not {pipeline}")
+                raise ValueError(f"model {model} belongs to pipeline {entry.pipeline}, "
+                                 f"not {pipeline}")
         return value
 
 
@@ -386,17 +388,17 @@ class ResultsConfig(_Section):
     #: Write the preview secondary capture (and ``preview.png`` in the results folder).
     preview: bool = True
     #: Depth (mm) below the vertebral body surface left out of the trabecular (L1) attenuation.
-    trabecular_erosion_mm: float = Field(3.0, ge=0)
+    trabecular_erosion_mm: float = Field(default=3.0, ge=0)
 
 
 class DispatchConfig(_Section):
     """Retries of deliveries; the wait doubles from ``initial_backoff`` up to ``max_backoff``."""
 
-    max_attempts: int = Field(8, ge=1)
-    initial_backoff: float = Field(10.0, gt=0)
-    max_backoff: float = Field(900.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1)
+    initial_backoff: float = Field(default=10.0, gt=0)
+    max_backoff: float = Field(default=900.0, gt=0)
     #: Seconds between C-ECHO health checks of DICOM destinations (0: off).
-    echo_interval: float = Field(60.0, ge=0)
+    echo_interval: float = Field(default=60.0, ge=0)
     #: Also send each job's results back to the AE that sent the series, looked up by its
     #: calling AE title in ``return_to`` (same retries as any destination). A sender that is
     #: not listed gets a delivery that fails at once with ``unknown-sender``.
@@ -433,19 +435,19 @@ class JobsConfig(_Section):
     enabled: bool = True
     #: Worker threads. Inference is serialised per device, so 2 lets one job load or encode
     #: while another is on the GPU.
-    workers: int = Field(2, ge=1, le=32)
+    workers: int = Field(default=2, ge=1, le=32)
     #: Seconds between looks at the job table when nothing happens: a completed series and a
     #: routed job wake the executor at once.
-    poll_interval: float = Field(0.5, gt=0, le=60)
+    poll_interval: float = Field(default=0.5, gt=0, le=60)
 
 
 class RetentionConfig(_Section):
     """When received instances and results are deleted. Nothing is deleted before delivery."""
 
     #: Hours after a job is done before its spool files and outputs are purged (0: never).
-    keep_done_hours: float = Field(72.0, ge=0)
+    keep_done_hours: float = Field(default=72.0, ge=0)
     #: When free disk falls below storage.min_free times this factor, purge the oldest done jobs.
-    emergency_factor: float = Field(1.5, ge=1)
+    emergency_factor: float = Field(default=1.5, ge=1)
 
 class Config(_Section):
     """The whole of ``config.yaml``."""
@@ -535,7 +537,7 @@ def _substitute_env(value: Any, key: str, problems: list[ConfigProblem]) -> Any:
     return value
 
 
-def _plain_reason(error: dict[str, Any]) -> str:
+def _plain_reason(error: ErrorDetails) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         return "unknown key"
@@ -580,7 +582,8 @@ def load_config(path: Path | str | None = None) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(path, [ConfigProblem("", f"cannot read the file: {exc.strerror}")])
+        problem = ConfigProblem("", f"cannot read the file: {exc.strerror}")
+        raise ConfigError(path, [problem]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

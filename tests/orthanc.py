@@ -77,7 +77,8 @@ class Orthanc:
                     return
             except (OSError, urllib.error.URLError):
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"Orthanc exited: see {self.folder / 'orthanc.log'}")
+                    log_path = self.folder / "orthanc.log"
+                    raise RuntimeError(f"Orthanc exited: see {log_path}") from None
                 time.sleep(0.2)
         raise RuntimeError("Orthanc did not start in time")
 

@@ -25,7 +25,8 @@ def _bin_dir() -> Path | None:
     if on_path:
         return Path(on_path).resolve().parent
     versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                      key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+                      key=lambda p: (int(p.parent.parent.name)
+                                     if p.parent.parent.name.isdigit() else 0))
     return versions[-1].parent if versions else None
 
 

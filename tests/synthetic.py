@@ -64,9 +64,9 @@ import copy
 import io
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pydicom
@@ -74,6 +74,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
+    JPEG2000,
     UID,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -81,7 +82,6 @@ from pydicom.uid import (
     EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
     HTJ2KLossless,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -133,7 +133,8 @@ __all__ = [
 _UID_ROOT = "1.2.826.0.1.3680043.8.498."
 
 AXIAL = np.eye(3)
-SAGITTAL = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]]).T  # row +y(P), col -z(I), normal -x
+# row +y(P), col -z(I), normal -x
+SAGITTAL = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]]).T
 CORONAL = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]).T  # row +x(L), col -z
 
 
@@ -361,7 +362,8 @@ def per_slice_rescale_ct(**kw: object) -> Synthetic:
 
 
 def sagittal_t2_mr(
-    shape: tuple[int, int, int] = (9, 48, 20), spacing: tuple[float, float, float] = (0.9, 0.9, 3.5),
+    shape: tuple[int, int, int] = (9, 48, 20),
+    spacing: tuple[float, float, float] = (0.9, 0.9, 3.5),
     **kw: object,
 ) -> Synthetic:
     """Sagittal T2w-like lumbar MR: vertebral bodies (intermediate), discs (bright), a bright
@@ -480,7 +482,8 @@ def _enhanced(name: str, modality: str, sop_class: UID, base: Synthetic,
     values = np.empty(base.expected.GetSize()[::-1], np.float64)  # type: ignore[union-attr]
     for k in range(values.shape[0]):
         slope, intercept = rescale(k) if rescale else (1.0, 0.0)
-        values[k] = np.frombuffer(by_k[k].PixelData, np.uint16).reshape(ds.Rows, ds.Columns) * slope + intercept
+        stored = np.frombuffer(by_k[k].PixelData, np.uint16).reshape(ds.Rows, ds.Columns)
+        values[k] = stored * slope + intercept
     expected = sitk.GetImageFromArray(_natural(values, rescale is not None))
     expected.CopyInformation(base.expected)
     return Synthetic(name, [ds], expected)
@@ -567,7 +570,8 @@ def _gdcm_encode(ds: Dataset, syntax: UID) -> Dataset:
         if not reader.Read():
             raise EncoderUnavailable(f"{syntax.name}: GDCM could not read the source")
         change = gdcm.ImageChangeTransferSyntax()
-        change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, _GDCM_SYNTAX[syntax])))
+        target = getattr(gdcm.TransferSyntax, _GDCM_SYNTAX[syntax])
+        change.SetTransferSyntax(gdcm.TransferSyntax(target))
         change.SetInput(reader.GetImage())
         if not change.Change():
             raise EncoderUnavailable(f"{syntax.name}: GDCM refused to encode this image")
@@ -667,7 +671,7 @@ def multi_echo(tag: str = "EchoNumbers") -> Synthetic:
             setattr(ds, tag, values[rank])
             if tag == "EchoNumbers":
                 ds.EchoTime = (10.0, 90.0)[rank]
-    mixed = [ds for pair in zip(second.datasets, first.datasets) for ds in pair]
+    mixed = [ds for pair in zip(second.datasets, first.datasets, strict=False) for ds in pair]
     return Synthetic(f"multi_{tag}", mixed, first.expected, notes={"second": second.expected})
 
 

@@ -8,12 +8,15 @@ stage) decides about retries, so nothing here sleeps or loops.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from pydicom import Dataset
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+
+# pynetdicom creates its SOP class objects at import time (sop_class._generate_sop_classes),
+# so mypy sees no Verification attribute.
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomnode.config import DestinationConfig, TLSConfig
 

@@ -10,8 +10,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.dispatcher import Dispatcher
 from dicomnode.logs import log_event
 from dicomnode.storage import ResultsStore
-from dicomnode.store import (CANCELLABLE_STATES, RETRYABLE_STATES, RUNNING_STATES, Job, JobError,
-                             JobState)
+from dicomnode.store import (
+    CANCELLABLE_STATES,
+    RETRYABLE_STATES,
+    RUNNING_STATES,
+    Job,
+    JobError,
+    JobState,
+)
 
 LOGGER = logging.getLogger("dicomnode.jobs")
 

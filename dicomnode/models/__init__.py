@@ -13,5 +13,6 @@ from dicomnode.models.runtime import (
     NnUNetRuntime,
 )
 
-__all__ = ["REGISTRY", "DeviceError", "InferenceSettings", "ModelEntry", "ModelError", "ModelFolder",
-           "ModelLoadError", "ModelNotInstalled", "ModelStore", "NnUNetRuntime", "get_entry"]
+__all__ = ["REGISTRY", "DeviceError", "InferenceSettings", "ModelEntry", "ModelError",
+           "ModelFolder", "ModelLoadError", "ModelNotInstalled", "ModelStore", "NnUNetRuntime",
+           "get_entry"]

@@ -24,7 +24,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler=_list)
 
-    pull = sub.add_parser("pull", parents=[common], help="download a model from its official source")
+    pull = sub.add_parser("pull", parents=[common],
+                          help="download a model from its official source")
     pull.add_argument("name", choices=sorted(REGISTRY), metavar="NAME")
     pull.add_argument("--mirror", default=None,
                       help="base URL holding the release files (default: config models.mirror, "
@@ -32,7 +33,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     pull.set_defaults(handler=_pull)
 
     install = sub.add_parser("install", parents=[common],
-                             help="install a model from release zip(s) or a folder (air-gapped sites)")
+                             help="install a model from release zip(s) or a folder "
+                                  "(air-gapped sites)")
     install.add_argument("name", choices=sorted(REGISTRY), metavar="NAME")
     install.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     install.set_defaults(handler=_install)
@@ -50,19 +52,19 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _size(value: int | None) -> str:
+def _size(value: float | None) -> str:
     if value is None:
         return "-"
     for unit in ("B", "KB", "MB", "GB"):
         if value < 1000 or unit == "GB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000  # type: ignore[assignment]
+        value /= 1000
     return "-"
 
 
 def _list(args: argparse.Namespace) -> int:
     store = ModelStore(load_config(args.config).models.path)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for entry in REGISTRY.values():
         installed = store.find(entry.name)
         rows.append({
@@ -80,7 +82,7 @@ def _list(args: argparse.Namespace) -> int:
                          r["version"], _size(r["size"]), r["source"]) for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     print(f"\nweights directory: {store.root}")
     return 0
 
@@ -124,8 +126,9 @@ def _verify(args: argparse.Namespace) -> int:
         runtime = NnUNetRuntime.from_config(config.models, args.device)
 
         def report(c: Any) -> None:
-            print(f"  {c.role}: {c.folder} folds {c.folds} on {runtime.device}: patch {c.patch_size}, "
-                  f"spacing {c.spacing}, {c.seconds} s, labels {c.labels_found}"
+            print(f"  {c.role}: {c.folder} folds {c.folds} on {runtime.device}: "
+                  f"patch {c.patch_size}, spacing {c.spacing}, {c.seconds} s, "
+                  f"labels {c.labels_found}"
                   + (f" [{c.note}]" if c.note else ""))
 
         print(f"{args.name} {installed.version} ({installed.path})")

@@ -14,10 +14,11 @@ Installed copies live in ``<models.path>/<name>/``: zip archives are extracted i
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from dicomnode.models.runtime import Fold, ModelError, ModelFolder
 
@@ -75,7 +76,8 @@ class Component:
             return None
         found = sorted({p if p.is_dir() else p.parent for p in base.glob(self.pattern)})
         if self.kind == "nnunet":
-            found = [p for p in found if (p / "plans.json").is_file() and (p / "dataset.json").is_file()]
+            found = [p for p in found
+                     if (p / "plans.json").is_file() and (p / "dataset.json").is_file()]
         return found[0] if found else None
 
 
@@ -138,7 +140,8 @@ def _spineps(contrast: str) -> ModelEntry:
         # SPINEPS model folders carry inference_config.json; folds come from it (available_folds).
         components=(Component("semantic", "**/plans.json", "semantic",
                               checkpoints=("checkpoint_final.pth", "checkpoint_best.pth")),
-                    Component("instance", "**/inference_config.json", "instance", kind="spineps-unet")),
+                    Component("instance", "**/inference_config.json", "instance",
+                              kind="spineps-unet")),
     )
 
 
@@ -191,8 +194,8 @@ class InstalledModel:
             if component.role == role:
                 found = component.locate(self.path)
                 if found is None:
-                    raise ModelNotInstalled(f"{self.entry.name}: the {role} model folder is missing "
-                                            f"from {self.path}; install the model again")
+                    raise ModelNotInstalled(f"{self.entry.name}: the {role} model folder is "
+                                            f"missing from {self.path}; install the model again")
                 return found
         raise ModelNotInstalled(f"{self.entry.name} has no component {role!r}")
 

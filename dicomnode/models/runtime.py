@@ -1,4 +1,5 @@
-"""Warm nnU-Net inference: model folders loaded once, kept on the device, shared safely between jobs.
+"""Warm nnU-Net inference: model folders loaded once, kept on the device, shared safely between
+jobs.
 
 A model folder is what nnU-Net writes after training and what the official releases ship::
 
@@ -6,20 +7,21 @@ A model folder is what nnU-Net writes after training and what the official relea
         dataset.json  plans.json
         fold_all/checkpoint_final.pth        (or fold_0 … fold_4, checkpoint_best.pth)
 
-Loading follows ``nnUNetPredictor.initialize_from_trained_model_folder`` step for step (the trainer
-name, configuration and mirroring axes come from the first fold's checkpoint; the network is built by
-the trainer class from the plans), with one deliberate difference: **a trainer class that is not
-installed** (TotalSpineSeg's ``nnUNetTrainerDAExtGPU`` lives in the AugLab package, which
-TotalSpineSeg copies into site-packages at run time) is replaced by nnU-Net's base ``nnUNetTrainer``.
-For inference a trainer class only contributes ``build_network_architecture``; custom trainers that
-change augmentation, epochs or mirroring (all of the seed models' trainers) build the same network
-from the plans, and the mirroring axes are read from the checkpoint anyway. If a missing trainer did
-build a different network, loading its weights fails with :class:`ModelLoadError` instead of
-predicting garbage.
+Loading follows ``nnUNetPredictor.initialize_from_trained_model_folder`` step for step (the
+trainer name, configuration and mirroring axes come from the first fold's checkpoint; the network
+is built by the trainer class from the plans), with one deliberate difference: **a trainer class
+that is not installed** (TotalSpineSeg's ``nnUNetTrainerDAExtGPU`` lives in the AugLab package,
+which TotalSpineSeg copies into site-packages at run time) is replaced by nnU-Net's base
+``nnUNetTrainer``. For inference a trainer class only contributes
+``build_network_architecture``; custom trainers that change augmentation, epochs or mirroring (all
+of the seed models' trainers) build the same network from the plans, and the mirroring axes are
+read from the checkpoint anyway. If a missing trainer did build a different network, loading its
+weights fails with :class:`ModelLoadError` instead of predicting garbage.
 
-:class:`NnUNetRuntime` is owned by the service (or by ``dicomnode process``); it is not a global. It
-keeps one initialised ``nnUNetPredictor`` per (model folder, folds, checkpoint, settings, device) and
-runs every prediction under a per-device lock, so one GPU serves several jobs one at a time.
+:class:`NnUNetRuntime` is owned by the service (or by ``dicomnode process``); it is not a global.
+It keeps one initialised ``nnUNetPredictor`` per (model folder, folds, checkpoint, settings,
+device) and runs every prediction under a per-device lock, so one GPU serves several jobs one at
+a time.
 """
 
 from __future__ import annotations
@@ -29,15 +31,17 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:  # torch and nnunetv2 are imported when a model is loaded, not when this is
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,8 @@ class InferenceSettings:
     """How nnU-Net runs a model; the defaults are what ``nnUNetv2_predict`` does except mirroring.
 
     Each pipeline passes the settings of its official pipeline (e.g. VertebralBodiesCT: step 0.5,
-    Gaussian weighting, no mirroring). Precision is nnU-Net's own: fp16 autocast on CUDA, fp32 on CPU.
+    Gaussian weighting, no mirroring). Precision is nnU-Net's own: fp16 autocast on CUDA, fp32 on
+    CPU.
     """
 
     tile_step_size: float = 0.5
@@ -100,7 +105,8 @@ class ModelFolder:
                 raise ModelLoadError(f"{path} is not an nnU-Net model folder: {name} is missing")
         if folds is None:
             numbered = sorted(int(p.name[5:]) for p in path.glob("fold_*")
-                              if p.name[5:].isdigit() and any((p / c).is_file() for c in checkpoints))
+                              if p.name[5:].isdigit()
+                              and any((p / c).is_file() for c in checkpoints))
             folds = numbered or ["all"]
         folds = tuple(f if f == "all" else int(f) for f in folds)
         for checkpoint in checkpoints:
@@ -127,7 +133,8 @@ def resolve_device(spec: str) -> torch.device:
     device = torch.device(spec)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {spec!r} is configured but this machine has no usable CUDA GPU")
+            raise DeviceError(f"device {spec!r} is configured but this machine has no usable "
+                              "CUDA GPU")
         index = 0 if device.index is None else device.index
         if index >= torch.cuda.device_count():
             raise DeviceError(f"device {spec!r} is configured but only {torch.cuda.device_count()} "
@@ -138,7 +145,7 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def _trainer_class(trainer_name: str) -> tuple[type, str]:
+def _trainer_class(trainer_name: str) -> tuple[type[nnUNetTrainer], str]:
     """The trainer class nnU-Net would use, or the base trainer when it is not installed.
 
     Returns the class and a note for the logs/metadata (empty when the named class was found).
@@ -178,8 +185,10 @@ class LoadedModel:
         return tuple(self.predictor.configuration_manager.spacing)
 
 
-def load_model(folder: ModelFolder, settings: InferenceSettings, device: torch.device) -> LoadedModel:
-    """Build an ``nnUNetPredictor`` for a model folder the way nnU-Net does, tolerating missing trainers."""
+def load_model(folder: ModelFolder, settings: InferenceSettings,
+               device: torch.device) -> LoadedModel:
+    """Build an ``nnUNetPredictor`` for a model folder the way nnU-Net does, tolerating missing
+    trainers."""
     import inspect
 
     import torch
@@ -189,7 +198,8 @@ def load_model(folder: ModelFolder, settings: InferenceSettings, device: torch.d
 
     try:
         dataset_json = json.loads((folder.path / "dataset.json").read_text(encoding="utf-8"))
-        plans_manager = PlansManager(json.loads((folder.path / "plans.json").read_text(encoding="utf-8")))
+        plans = json.loads((folder.path / "plans.json").read_text(encoding="utf-8"))
+        plans_manager = PlansManager(plans)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{folder.path}: cannot read dataset.json/plans.json: {exc}") from exc
 
@@ -202,7 +212,8 @@ def load_model(folder: ModelFolder, settings: InferenceSettings, device: torch.d
             # weights_only=False as nnU-Net does: its checkpoints pickle init_args (plans, device).
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # a truncated download surfaces here as one of many pickle errors
-            raise ModelLoadError(f"{path} cannot be read ({exc}); pull or install the model again") from exc
+            raise ModelLoadError(f"{path} cannot be read ({exc}); "
+                                 "pull or install the model again") from exc
         if i == 0:
             trainer_name = checkpoint["trainer_name"]
             configuration = checkpoint["init_args"]["configuration"]
@@ -212,28 +223,33 @@ def load_model(folder: ModelFolder, settings: InferenceSettings, device: torch.d
     try:
         configuration_manager = plans_manager.get_configuration(configuration)
     except Exception as exc:
-        raise ModelLoadError(f"{folder.path}: plans.json has no configuration {configuration!r}") from exc
+        raise ModelLoadError(f"{folder.path}: plans.json has no configuration "
+                             f"{configuration!r}") from exc
     num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
     num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     trainer_class, note = _trainer_class(trainer_name)
     if "plans_manager" in inspect.signature(trainer_class.build_network_architecture).parameters:
         network = trainer_class.build_network_architecture(
-            plans_manager, configuration_manager, num_inputs, num_outputs, enable_deep_supervision=False)
+            plans_manager, configuration_manager, num_inputs, num_outputs,
+            enable_deep_supervision=False)
     else:  # trainers written for nnU-Net < 2.6
         network = trainer_class.build_network_architecture(
-            configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
+            configuration_manager.network_arch_class_name,
+            configuration_manager.network_arch_init_kwargs,
             configuration_manager.network_arch_init_kwargs_req_import, num_inputs, num_outputs,
             enable_deep_supervision=False)
     try:
         network.load_state_dict(parameters[0])
     except RuntimeError as exc:
-        raise ModelLoadError(f"{folder.path}: the weights do not fit the network built from plans.json"
-                             f"{' (' + note + ')' if note else ''}: {str(exc).splitlines()[0]}") from exc
+        raise ModelLoadError(f"{folder.path}: the weights do not fit the network built from "
+                             f"plans.json{' (' + note + ')' if note else ''}: "
+                             f"{str(exc).splitlines()[0]}") from exc
 
     predictor = nnUNetPredictor(
         tile_step_size=settings.tile_step_size, use_gaussian=settings.use_gaussian,
         use_mirroring=settings.use_mirroring,
-        perform_everything_on_device=settings.perform_everything_on_device and device.type == "cuda",
+        perform_everything_on_device=(settings.perform_everything_on_device
+                                      and device.type == "cuda"),
         device=device, verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     if device.type == "cuda" and len(parameters) > 1:
         # nnU-Net loads each fold's weights into the network for every prediction; keeping them on
@@ -323,8 +339,8 @@ class NnUNetRuntime:
 
         loaded = self.model(folder, settings)
         if image.ndim != 4 or image.shape[0] != loaded.num_input_channels:
-            raise ModelLoadError(f"{folder.path.name} expects {loaded.num_input_channels} channel(s) "
-                                 f"of 3D data, got an array of shape {image.shape}")
+            raise ModelLoadError(f"{folder.path.name} expects {loaded.num_input_channels} "
+                                 f"channel(s) of 3D data, got an array of shape {image.shape}")
         predictor = loaded.predictor
         preprocess = PreprocessAdapterFromNpy(
             [image], [previous_stage], [{"spacing": [float(s) for s in spacing]}], [None],
@@ -334,8 +350,9 @@ class NnUNetRuntime:
         with self.device_lock(), _tf32(settings.allow_tf32, self.device):
             logits = predictor.predict_logits_from_preprocessed_data(case["data"]).cpu()
         return convert_predicted_logits_to_segmentation_with_correct_shape(
-            logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager,
-            case["data_properties"], return_probabilities=return_probabilities)
+            logits, predictor.plans_manager, predictor.configuration_manager,
+            predictor.label_manager, case["data_properties"],
+            return_probabilities=return_probabilities)
 
     def loaded(self) -> list[ModelFolder]:
         """The model folders currently warm."""

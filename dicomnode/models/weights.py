@@ -1,4 +1,5 @@
-"""Getting weights onto the node: pull from the official sources, install from a zip or folder, verify.
+"""Getting weights onto the node: pull from the official sources, install from a zip or folder,
+verify.
 
 * :func:`download` fetches one URL into a ``.part`` file and resumes it with an HTTP ``Range``
   request after an interruption; the finished file is checked against its SHA-256 when one is known.
@@ -16,16 +17,16 @@ import hashlib
 import http.client
 import json
 import shutil
-import socket
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,8 +93,9 @@ def download(url: str, dest: Path, sha256: str | None = None, *, timeout: float 
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and offset:  # nothing left to fetch: the part file is complete
                 break
-            raise SourceUnreachable(f"{url}: the server answered HTTP {exc.code} {exc.reason}") from exc
-        except (urllib.error.URLError, http.client.HTTPException, socket.timeout, OSError) as exc:
+            raise SourceUnreachable(f"{url}: the server answered HTTP {exc.code} "
+                                    f"{exc.reason}") from exc
+        except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             attempt += 1
             if attempt > retries:
                 reason = getattr(exc, "reason", exc)
@@ -115,7 +117,8 @@ def download(url: str, dest: Path, sha256: str | None = None, *, timeout: float 
 
 def pull(entry: ModelEntry, store: ModelStore, *, mirror: str = "", timeout: float = 30.0,
          progress: bool = True) -> InstalledModel:
-    """Download an entry's release files (from ``mirror`` instead of the origin if given) and install."""
+    """Download an entry's release files (from ``mirror`` instead of the origin if given) and
+    install."""
     folder = store.root / ".downloads" / entry.name
     paths = []
     for item in entry.downloads:
@@ -166,8 +169,10 @@ def install(entry: ModelEntry, store: ModelStore, sources: Sequence[Path], *,
             if not path.exists():
                 raise InstallError(f"{path} does not exist")
             if path.is_dir():
-                # A folder that is itself a model folder is kept under its own name, as nnU-Net needs.
-                is_model_folder = (path / "plans.json").is_file() or (path / "inference_config.json").is_file()
+                # A folder that is itself a model folder is kept under its own name, as nnU-Net
+                # needs.
+                is_model_folder = ((path / "plans.json").is_file()
+                                   or (path / "inference_config.json").is_file())
                 inside = staging / (single or "")
                 shutil.copytree(path, inside / path.name if is_model_folder else inside,
                                 dirs_exist_ok=True)
@@ -176,8 +181,8 @@ def install(entry: ModelEntry, store: ModelStore, sources: Sequence[Path], *,
             subdir = item.subdir if item is not None else single
             if subdir is None or path.suffix.lower() != ".zip":
                 names = ", ".join(d.filename for d in entry.downloads)
-                raise InstallError(f"{path.name} is not a release file of {entry.name} (expected {names} "
-                                   f"or a folder)")
+                raise InstallError(f"{path.name} is not a release file of {entry.name} "
+                                   f"(expected {names} or a folder)")
             checksums[path.name] = sha256_of(path)
             if item is not None and item.sha256 and checksums[path.name] != item.sha256.lower():
                 raise ChecksumMismatch(f"{path}: SHA-256 {checksums[path.name]} does not match the "
@@ -185,12 +190,14 @@ def install(entry: ModelEntry, store: ModelStore, sources: Sequence[Path], *,
             _extract(path, staging / subdir)
         missing = [c.role for c in entry.components if c.locate(staging) is None]
         if missing:
-            raise InstallError(f"{', '.join(map(str, sources))} does not hold the {', '.join(missing)} "
-                               f"model folder(s) of {entry.name} in the official release layout")
+            raise InstallError(f"{', '.join(map(str, sources))} does not hold the "
+                               f"{', '.join(missing)} model folder(s) of {entry.name} in the "
+                               "official release layout")
         manifest: dict[str, Any] = {
             "name": entry.name, "version": entry.version, "source": source,
-            "installed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "sha256": checksums, "size": sum(f.stat().st_size for f in staging.rglob("*") if f.is_file()),
+            "installed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "sha256": checksums,
+            "size": sum(f.stat().st_size for f in staging.rglob("*") if f.is_file()),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         target = store.path_of(entry.name)
@@ -220,7 +227,8 @@ class VerifiedComponent:
 
 
 def verify(installed: InstalledModel, runtime: NnUNetRuntime,
-           on_component: Callable[[VerifiedComponent], None] | None = None) -> list[VerifiedComponent]:
+           on_component: Callable[[VerifiedComponent], None] | None = None
+           ) -> list[VerifiedComponent]:
     """Load every nnU-Net component and segment a tiny random volume with it.
 
     The volume is 1.5 patch sizes (at the model's own spacing), so the sliding window, the Gaussian
@@ -240,7 +248,8 @@ def verify(installed: InstalledModel, runtime: NnUNetRuntime,
         image = rng.normal(0, 100, size=(loaded.num_input_channels, *shape)).astype(np.float32)
         labels = runtime.predict(folder, InferenceSettings(), image, loaded.spacing)
         if labels.shape != shape:
-            raise ModelError(f"{folder.path}: the prediction has shape {labels.shape}, expected {shape}")
+            raise ModelError(f"{folder.path}: the prediction has shape {labels.shape}, "
+                             f"expected {shape}")
         result = VerifiedComponent(component.role, folder.path.name, loaded.trainer_name,
                                    list(folder.folds), loaded.patch_size, loaded.spacing,
                                    sorted(int(v) for v in np.unique(labels)),

@@ -11,7 +11,6 @@ scan.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pydicom
 

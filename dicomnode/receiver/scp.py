@@ -27,23 +27,25 @@ import threading
 import time
 from collections.abc import Callable
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
+from pydicom.filebase import DicomIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.exc import SQLAlchemyError
 
 from converters.instance import frame_count
 from dicomnode.config import NodeConfig, StorageConfig
+from dicomnode.grouping import SeriesKey, instance_identity
 from dicomnode.logs import log_event
-from dicomnode.receiver.dataset import Command, DatasetSummary, inspect_dataset
+from dicomnode.receiver.dataset import Command, inspect_dataset
 from dicomnode.receiver.errors import AssociationEnd, CorruptDataset, ReceiverError, RejectKind
 from dicomnode.storage.spool import Spool
-from dicomnode.grouping import SeriesKey, instance_identity
 from dicomnode.store import IndexOutcome, InstanceIndex, InstanceRecord
 from dicomnode.store.models import AssociationOutcome
 
@@ -159,6 +161,7 @@ class Receiver:
     def build_ae(self) -> AE:
         ae = AE(ae_title=self.node.ae_title)
         for context in AllStoragePresentationContexts:
+            assert context.abstract_syntax is not None  # pynetdicom's pre-built contexts have one
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         # Called AE title is checked in _on_requested so the rejection is audited.
@@ -174,13 +177,15 @@ class Receiver:
 
     def start(self) -> None:
         """Listen on ``node.host:node.port`` (returns at once; associations get threads)."""
-        handlers = [
+        handlers: list[evt.EventHandlerType] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_RELEASED, self._on_ended, [AssociationOutcome.RELEASED, AssociationEnd.RELEASED]),
-            (evt.EVT_ABORTED, self._on_ended, [AssociationOutcome.ABORTED, AssociationEnd.ABORTED_BY_PEER]),
+            (evt.EVT_RELEASED, self._on_ended,
+             [AssociationOutcome.RELEASED, AssociationEnd.RELEASED]),
+            (evt.EVT_ABORTED, self._on_ended,
+             [AssociationOutcome.ABORTED, AssociationEnd.ABORTED_BY_PEER]),
             (evt.EVT_CONN_CLOSE, self._on_ended,
              [AssociationOutcome.ABORTED, AssociationEnd.CONNECTION_CLOSED]),
             (evt.EVT_PDU_RECV, self._on_pdu),
@@ -269,8 +274,10 @@ class Receiver:
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         request = assoc.requestor
-        calling = request.primitive.calling_ae_title.strip()
-        called = request.primitive.called_ae_title.strip()
+        primitive = request.primitive
+        assert primitive is not None  # set from the A-ASSOCIATE-RQ before EVT_REQUESTED
+        calling = primitive.calling_ae_title.strip()
+        called = primitive.called_ae_title.strip()
         address, port = request.address, request.port
         with self._audit_lock:
             self._connected_at.pop(assoc, None)
@@ -297,9 +304,11 @@ class Receiver:
     def _on_rejected(self, event: evt.Event) -> None:
         # Only pynetdicom's own refusal reaches here: too many connections in all.
         request = event.assoc.requestor
+        primitive = request.primitive
+        assert primitive is not None  # the refused A-ASSOCIATE-RQ
         self.index.open_association(
-            calling_ae_title=request.primitive.calling_ae_title.strip(),
-            called_ae_title=request.primitive.called_ae_title.strip(), address=request.address,
+            calling_ae_title=primitive.calling_ae_title.strip(),
+            called_ae_title=primitive.called_ae_title.strip(), address=request.address,
             port=request.port, tls=self.node.tls.enabled, outcome=AssociationOutcome.REJECTED,
             reason="too-many-associations")
         log_event(LOGGER, "association.rejected", logging.WARNING,
@@ -332,7 +341,8 @@ class Receiver:
                        "class this node serves (C-ECHO and the current storage SOP classes)")
         self._record(audit_id, None, abstract, kind, message)
 
-    def _on_ended(self, event: evt.Event, outcome: AssociationOutcome, reason: AssociationEnd) -> None:
+    def _on_ended(self, event: evt.Event, outcome: AssociationOutcome,
+                  reason: AssociationEnd) -> None:
         self._end(event.assoc, outcome, reason)
 
     def _end(self, assoc: Association, outcome: AssociationOutcome, reason: AssociationEnd) -> None:
@@ -398,8 +408,8 @@ class Receiver:
         try:
             self.index.open_association(calling_ae_title="", called_ae_title="",
                                         address=peer[0], port=peer[1], tls=True,
-                                        outcome=AssociationOutcome.REJECTED, reason="tls-handshake-failed",
-                                        detail=detail[:2000])
+                                        outcome=AssociationOutcome.REJECTED,
+                                        reason="tls-handshake-failed", detail=detail[:2000])
         except SQLAlchemyError:
             LOGGER.exception("cannot record the TLS handshake failure")
         log_event(LOGGER, "association.tls_failed", logging.WARNING, address=peer[0],
@@ -471,7 +481,7 @@ class Receiver:
             return self._store(event)
         except Exception as exc:  # noqa: BLE001 - never pynetdicom's bare 0xC211
             LOGGER.exception("C-STORE handler failed")
-            request = event.request
+            request = cast(C_STORE, event.request)  # EVT_C_STORE: as pynetdicom itself casts it
             try:
                 chunks: list[bytes] | None = [event.encoded_dataset(include_meta=False)]
             except Exception:  # noqa: BLE001 - keep what can be kept
@@ -484,7 +494,7 @@ class Receiver:
     def _store(self, event: evt.Event) -> int:
         started = time.perf_counter()
         audit_id = self._audit_ids.get(event.assoc)
-        request = event.request
+        request = cast(C_STORE, event.request)  # EVT_C_STORE: as pynetdicom itself casts it
         sop_uid = str(request.AffectedSOPInstanceUID or "").strip()
         sop_class = str(request.AffectedSOPClassUID or "").strip()
         if not sop_uid:
@@ -502,7 +512,8 @@ class Receiver:
         meta.SourceApplicationEntityTitle = calling
         header = BytesIO()
         header.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(header, meta, enforce_standard=True)
+        # pydicom annotates fp as DicomIO but only calls fp.write().
+        write_file_meta_info(cast(DicomIO, header), meta, enforce_standard=True)
         chunks = [header.getvalue(), encoded]
         syntax = str(meta.TransferSyntaxUID)
         try:

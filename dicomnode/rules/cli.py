@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from dicomnode.config import load_config
 from dicomnode.grouping import SeriesKind, group_files
@@ -20,7 +21,7 @@ def _rules_test(args: argparse.Namespace) -> int:
     if not groups:
         print(f"no DICOM files under {args.path}")
         return 1
-    report = []
+    report: list[dict[str, Any]] = []
     for group in groups:
         calling = args.calling_ae_title
         if calling is None:
@@ -47,10 +48,10 @@ def _rules_test(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, default=list))
         return 0
     for item in report:
-        facts = item["facts"]
+        shown = item["facts"]
         print(f"series {item['series_instance_uid'] or '(no Series Instance UID)'}: "
-              f"{facts['modality']} {facts['orientation']} {facts['slices']} slices "
-              f"{facts['series_description']!r}")
+              f"{shown['modality']} {shown['orientation']} {shown['slices']} slices "
+              f"{shown['series_description']!r}")
         if item["kind"] != SeriesKind.VOLUME:
             print(f"  → not processed: {item['kind']}")
             continue

@@ -25,7 +25,8 @@ def orientation_of(dataset: Dataset) -> Orientation:
     if iop is None:
         for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
             try:
-                iop = getattr(dataset, groups)[0].PlaneOrientationSequence[0].ImageOrientationPatient
+                plane = getattr(dataset, groups)[0].PlaneOrientationSequence[0]
+                iop = plane.ImageOrientationPatient
                 break
             except (AttributeError, IndexError):
                 continue

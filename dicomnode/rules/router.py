@@ -112,13 +112,13 @@ class Router:
                 extra.revision, extra.instance_count = job.revision, job.instance_count
                 session.add(extra)
                 jobs.append(extra)
-            for target, (pipeline, rule) in zip(jobs, pairs):
+            for target, (pipeline, rule) in zip(jobs, pairs, strict=True):
                 target.pipeline, target.rule, target.priority = pipeline, rule.name, rule.priority
                 target.destinations = list(rule.destinations)
                 target.sender = sender or None
                 target.transition(JobState.ROUTED)
             session.flush()
             routed = [j.id for j in jobs]
-        for routed_id, (pipeline, rule) in zip(routed, pairs):
+        for routed_id, (pipeline, rule) in zip(routed, pairs, strict=True):
             log_event(LOGGER, "job.routed", job=routed_id, pipeline=pipeline, rule=rule.name)
         return routed

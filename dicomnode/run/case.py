@@ -26,9 +26,9 @@ from dicomnode.config import ModelsConfig, ResultsConfig
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
+
     from converters.results import EncodeOptions
     from converters.volume import Volume
-
     from dicomnode.models.pipelines import Pipeline, PipelineResult
     from dicomnode.models.runtime import NnUNetRuntime
 
@@ -185,6 +185,7 @@ class CaseRunner:
 
         def nnunet() -> None:
             import nnunetv2.inference.predict_from_raw_data  # noqa: F401
+
             # what loading the first model imports (matplotlib, seaborn: ~1 s)
             import nnunetv2.training.nnUNetTrainer.nnUNetTrainer  # noqa: F401
 
@@ -198,9 +199,9 @@ def load(case: Case) -> Volume | NiftiVolume:
         import SimpleITK as sitk
 
         return NiftiVolume(sitk.ReadImage(str(case.paths[0])))
-    import converters
+    from converters.volume import load_series
 
-    volume = converters.load_series(list(case.paths))
+    volume = load_series(list(case.paths))
     for dataset in volume.datasets:
         if not dataset.get("StudyInstanceUID") and case.study_instance_uid:
             dataset.StudyInstanceUID = case.study_instance_uid
@@ -212,21 +213,20 @@ def load(case: Case) -> Volume | NiftiVolume:
 def encode_outputs(out: Path, volume: Volume | NiftiVolume, result: PipelineResult,
                    options: EncodeOptions) -> list[Path]:
     """SEG(s), SR and preview of a DICOM case: label map(s) → source frames → encoders."""
-    import converters
-    from converters.volume import Volume
+    from converters.results.encode import encode_results
+    from converters.volume import Volume, to_source_grid
 
     if not isinstance(volume, Volume):
         raise TypeError("only a DICOM volume has source instances to encode against")
     parts = result.all  # SPINEPS: instances and subregions, each its own SEG series
-    grids = [converters.to_source_grid(volume, part.labelmap) for part in parts]
+    grids = [to_source_grid(volume, part.labelmap) for part in parts]
     labels = None if len(parts) == 1 else [grid.array for grid in grids]
     mappings = result.mapping if len(parts) == 1 else [part.mapping for part in parts]
     png = out / "preview.png"
     # image=volume: intensities (HU on CT) come from the volume already in memory, mapped
     # onto the source frames, rather than from decoding the files again.
-    datasets = converters.encode_results(grids[0], labels, mappings,
-                                         result.metadata.for_encoders(), options,
-                                         image=volume, png_path=png)
+    datasets = encode_results(grids[0], labels, mappings, result.metadata.for_encoders(),
+                              options, image=volume, png_path=png)
     paths = [png] if png.exists() else []
     for index, dataset in enumerate(datasets):
         path = out / f"{index:02d}_{safe_name(str(dataset.get('Modality', 'OBJ')))}.dcm"

@@ -14,23 +14,25 @@ def encode_tiny_series(options: EncodeOptions) -> None:
     every lazily loaded table of the encoders (highdicom, pydicom codes, Pillow's font) is
     loaded once it returns. Nothing is written."""
     import numpy as np
-    from pydicom.dataset import Dataset
+    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-    from converters.results import PipelineMetadata, encode_results
+    from converters.results import PipelineMetadata
+    from converters.results.encode import encode_results
     from converters.vocabulary import vertebral_bodies_ct
 
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     sources = []
     for k in range(2):
         ds = Dataset()
-        ds.file_meta = Dataset()
+        ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.Modality, ds.PatientID, ds.PatientName, ds.StudyID = "CT", "WARMUP", "Warm^Up", "1"
         ds.SeriesNumber, ds.InstanceNumber, ds.AccessionNumber = 1, k + 1, ""
-        ds.StudyDate, ds.StudyTime, ds.PatientSex, ds.PatientBirthDate = "20260101", "000000", "O", ""
+        ds.StudyDate, ds.StudyTime = "20260101", "000000"
+        ds.PatientSex, ds.PatientBirthDate = "O", ""
         ds.ReferringPhysicianName, ds.Manufacturer = "", "dicomnode"
         ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2.0 * k], [1, 0, 0, 0, 1, 0]
         ds.PixelSpacing, ds.SliceThickness = [1, 1], 2

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.logs import log_event
@@ -54,9 +54,10 @@ class Worker:
                 select(Job.id).where(Job.state == JobState.ROUTED)
                 .order_by(Job.priority.desc(), Job.id).limit(8)).all()
             for job_id in candidates:
-                claimed = session.execute(
+                # Session.execute is typed as returning Result; an UPDATE gives a CursorResult.
+                claimed = cast(CursorResult[Any], session.execute(
                     update(Job).where(Job.id == job_id, Job.state == JobState.ROUTED)
-                    .values(state=JobState.LOADING)).rowcount
+                    .values(state=JobState.LOADING))).rowcount
                 if claimed:
                     job = session.get(Job, job_id)
                     assert job is not None

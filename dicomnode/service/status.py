@@ -35,10 +35,17 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from dicomnode.storage import StorageLayout
-from dicomnode.store import (Association, AssociationOutcome, Delivery, DestinationHealth,
-                             Instance, Job, Rejection, Series)
-from dicomnode.store.views import iso as _time
-from dicomnode.store.views import job_json
+from dicomnode.store import (
+    Association,
+    AssociationOutcome,
+    Delivery,
+    DestinationHealth,
+    Instance,
+    Job,
+    Rejection,
+    Series,
+)
+from dicomnode.store.views import iso as _time, job_json
 
 #: How many recent associations and rejections are listed.
 RECENT = 20
@@ -120,8 +127,8 @@ def collect_status(engine: Engine, layout: StorageLayout | None = None) -> dict[
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=False)).rstrip()
              for row in [headers, *rows]]
     return "\n".join(lines)
 

@@ -1,14 +1,40 @@
 """The index database: studies, series, instances, association audit, rejections, and the job
 record (jobs, deliveries, destination health) with its states."""
 
-from dicomnode.store.database import (DatabaseError, create_schema, is_sqlite, make_engine,
-                                      session_factory)
+from dicomnode.store.database import (
+    DatabaseError,
+    create_schema,
+    is_sqlite,
+    make_engine,
+    session_factory,
+)
 from dicomnode.store.index import HeldInstance, IndexOutcome, InstanceIndex, InstanceRecord
-from dicomnode.store.jobs import (CANCELLABLE_STATES, FINISHED_STATES, RETRYABLE_STATES,
-                                  RUNNING_STATES, WAITING_STATES, Delivery, DeliveryState,
-                                  DestinationHealth, Job, JobError, JobState, error_kind)
-from dicomnode.store.models import (Association, AssociationOutcome, Base, Instance, Rejection,
-                                    Series, SeriesState, Study, as_utc, utcnow)
+from dicomnode.store.jobs import (
+    CANCELLABLE_STATES,
+    FINISHED_STATES,
+    RETRYABLE_STATES,
+    RUNNING_STATES,
+    WAITING_STATES,
+    Delivery,
+    DeliveryState,
+    DestinationHealth,
+    Job,
+    JobError,
+    JobState,
+    error_kind,
+)
+from dicomnode.store.models import (
+    Association,
+    AssociationOutcome,
+    Base,
+    Instance,
+    Rejection,
+    Series,
+    SeriesState,
+    Study,
+    as_utc,
+    utcnow,
+)
 
 __all__ = [
     "CANCELLABLE_STATES", "FINISHED_STATES", "RETRYABLE_STATES", "RUNNING_STATES",

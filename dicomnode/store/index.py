@@ -8,20 +8,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import Engine, Insert, select, update
+from sqlalchemy import Engine, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from dicomnode.grouping import SeriesKey, StudyKey
-from dicomnode.store.models import (Association, AssociationOutcome, Instance, Rejection, Series,
-                                    SeriesState, Study, utcnow)
+from dicomnode.store.models import (
+    Association,
+    AssociationOutcome,
+    Instance,
+    Rejection,
+    Series,
+    SeriesState,
+    Study,
+    utcnow,
+)
 
-_studies = Study.__table__
-_series = Series.__table__
-_instances = Instance.__table__
-_associations = Association.__table__
-_rejections = Rejection.__table__
+# Declarative classes type __table__ as any FromClause; these are plain mapped tables.
+_studies = cast(Table, Study.__table__)
+_series = cast(Table, Series.__table__)
+_instances = cast(Table, Instance.__table__)
+_associations = cast(Table, Association.__table__)
+_rejections = cast(Table, Rejection.__table__)
 
 
 @dataclass(frozen=True)
@@ -62,9 +72,10 @@ class HeldInstance:
     content_digest: str | None
 
 
-def _insert(conn: Connection, table: object) -> Insert:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)  # type: ignore[arg-type]
+def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 class InstanceIndex:
@@ -156,7 +167,8 @@ class InstanceIndex:
             series_instance_uid=series.series_instance_uid, study_id=study_id,
             uid_synthesized=series.uid_synthesized, modality=series.modality,
             series_description=series.series_description, series_number=series.series_number,
-            sop_class_uid=series.sop_class_uid, is_image=series.is_image, state=SeriesState.RECEIVING,
+            sop_class_uid=series.sop_class_uid, is_image=series.is_image,
+            state=SeriesState.RECEIVING,
             revision=1, instance_count=0, first_received_at=now, last_received_at=now,
         ).on_conflict_do_nothing(index_elements=["series_instance_uid"]))
         return int(conn.execute(select(_series.c.id).where(
@@ -177,7 +189,8 @@ class InstanceIndex:
                              .values(failures=_associations.c.failures + 1))
 
     def open_association(self, *, calling_ae_title: str, called_ae_title: str, address: str,
-                         port: int | None, tls: bool, outcome: AssociationOutcome = AssociationOutcome.OPEN,
+                         port: int | None, tls: bool,
+                         outcome: AssociationOutcome = AssociationOutcome.OPEN,
                          reason: str | None = None, detail: str | None = None) -> int:
         """Start the audit row of an association; rejected ones are closed at once."""
         now = utcnow()
@@ -185,9 +198,12 @@ class InstanceIndex:
             result = conn.execute(_associations.insert().values(
                 calling_ae_title=calling_ae_title, called_ae_title=called_ae_title,
                 address=address, port=port, tls=tls, started_at=now,
-                ended_at=None if outcome == AssociationOutcome.OPEN else now, outcome=outcome, reason=reason,
+                ended_at=None if outcome == AssociationOutcome.OPEN else now, outcome=outcome,
+                reason=reason,
                 detail=detail, instances_stored=0, duplicates=0, failures=0))
-            return int(result.inserted_primary_key[0])
+            key = result.inserted_primary_key
+            assert key is not None  # a single-row INSERT
+            return int(key[0])
 
     def close_association(self, association_id: int, outcome: AssociationOutcome, reason: str,
                           detail: str | None = None) -> None:

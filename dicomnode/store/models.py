@@ -8,7 +8,7 @@ image is not here. Jobs and deliveries are in :mod:`dicomnode.store.jobs`.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -24,12 +24,12 @@ UID = String(64)
 
 def utcnow() -> datetime:
     """Now, timezone-aware UTC (all timestamps in the index are UTC)."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def as_utc(moment: datetime) -> datetime:
     """A timestamp read back from the index as aware UTC: SQLite returns naive datetimes."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def state_column(states: type[StrEnum], length: int = 32) -> Enum:

@@ -19,7 +19,7 @@ def stage_seconds(stage_times: dict[str, str] | None) -> dict[str, float]:
     """Seconds from entering each state to entering the next one (in time order)."""
     stamps = sorted((as_utc(datetime.fromisoformat(t)), s) for s, t in (stage_times or {}).items())
     return {state: round((later - moment).total_seconds(), 3)
-            for (moment, state), (later, _) in zip(stamps, stamps[1:])}
+            for (moment, state), (later, _) in zip(stamps, stamps[1:], strict=False)}
 
 
 def delivery_json(delivery: Delivery) -> dict[str, Any]:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
 from dicomnode.config import DestinationConfig
 from dicomnode.dispatcher import DeliveryError, deliver, echo
-from tests.shared_data import EXAMPLE_CT_DICOM
 from tests.orthanc import ORTHANC, Orthanc, free_port
+from tests.shared_data import EXAMPLE_CT_DICOM
 
 pytestmark = pytest.mark.skipif(ORTHANC is None, reason="Orthanc (Debian 'orthanc') not installed")
 

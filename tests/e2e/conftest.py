@@ -7,15 +7,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pydicom
 import pytest
 
 from tests.orthanc import ORTHANC, Orthanc
-from tests.service.conftest import AE_TITLE, RunningNode, free_port
-from tests.service.conftest import ct_sources, example_ct_folder  # noqa: F401 - shared fixtures
+from tests.service.conftest import AE_TITLE, RunningNode, ct_sources, example_ct_folder, free_port  # noqa: F401 - shared fixtures
 
 if ORTHANC is None:
     pytest.skip("Orthanc (Debian 'orthanc') not installed", allow_module_level=True)

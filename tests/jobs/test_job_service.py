@@ -30,10 +30,23 @@ from dicomnode.dispatcher import backoff
 from dicomnode.jobs.stages import Stages
 from dicomnode.run.case import Case, CaseStep, CaseSummary, OnStep
 from dicomnode.storage import Spool, StorageLayout
-from dicomnode.store import (Delivery, DeliveryState, Instance, Job, JobError, JobState, Series,
-                             SeriesState, Study, create_schema, error_kind, make_engine, utcnow)
-from tests.shared_data import EXAMPLE_CT_DICOM
+from dicomnode.store import (
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    JobError,
+    JobState,
+    Series,
+    SeriesState,
+    Study,
+    create_schema,
+    error_kind,
+    make_engine,
+    utcnow,
+)
 from tests.orthanc import ORTHANC, Orthanc, free_port
+from tests.shared_data import EXAMPLE_CT_DICOM
 
 CT_DIR = EXAMPLE_CT_DICOM
 

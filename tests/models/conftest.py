@@ -1,4 +1,5 @@
-"""Session fixtures: random-weight model folders (built once) and a config pointing at a tmp store."""
+"""Session fixtures: random-weight model folders (built once) and a config pointing at a tmp
+store."""
 
 from __future__ import annotations
 

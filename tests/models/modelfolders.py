@@ -15,8 +15,9 @@ import contextlib
 import json
 import os
 import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 DATASET = "Dataset601_VertebralBodies"
 LABELS: dict[str, int] = {"background": 0, **{f"T{i}": i for i in range(1, 13)},
@@ -63,8 +64,10 @@ def plans_json(plans_name: str, spacing: Sequence[float] = (2.0, 1.5, 1.5),
         "foreground_intensity_properties_per_channel": {
             "0": dict(intensities or DEFAULT_INTENSITIES)},
         "configurations": {"3d_fullres": {
-            "data_identifier": f"{plans_name}_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-            "batch_size": 2, "patch_size": list(patch_size), "median_image_size_in_voxels": list(median_shape),
+            "data_identifier": f"{plans_name}_3d_fullres",
+            "preprocessor_name": "DefaultPreprocessor",
+            "batch_size": 2, "patch_size": list(patch_size),
+            "median_image_size_in_voxels": list(median_shape),
             "spacing": list(spacing), "normalization_schemes": ["CTNormalization"],
             "use_mask_for_norm": [False],
             "resampling_fn_data": "resample_data_or_seg_to_shape",
@@ -74,7 +77,8 @@ def plans_json(plans_name: str, spacing: Sequence[float] = (2.0, 1.5, 1.5),
             "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
             "resampling_fn_probabilities_kwargs": {"is_seg": False, **resampling, "order": 1},
             "architecture": {
-                "network_class_name": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
+                "network_class_name":
+                    "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
                 "arch_kwargs": {
                     **layout, "conv_op": "torch.nn.modules.conv.Conv3d",
                     "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",

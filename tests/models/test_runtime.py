@@ -1,4 +1,5 @@
-"""The warm runtime, the pipeline contract and ``dicomnode process`` failure handling (real nnU-Net, CPU)."""
+"""The warm runtime, the pipeline contract and ``dicomnode process`` failure handling (real
+nnU-Net, CPU)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ import pytest
 import SimpleITK as sitk
 
 from dicomnode.cli import main
-from dicomnode.models.pipelines import Pipeline, PipelineError, RunProvenance, PipelineResult, get_pipeline
-from dicomnode.models.pipelines.base import VolumeLike, labelmap_like
 from dicomnode.config import parse_config
-from dicomnode.run.batch import find_cases, process_cases
-from dicomnode.run.case import CaseRunner
+from dicomnode.models.pipelines import (
+    Pipeline,
+    PipelineError,
+    PipelineResult,
+    RunProvenance,
+    get_pipeline,
+)
+from dicomnode.models.pipelines.base import VolumeLike, labelmap_like
 from dicomnode.models.registry import ModelNotInstalled, ModelStore, get_entry
 from dicomnode.models.runtime import (
     DeviceError,
@@ -27,6 +32,8 @@ from dicomnode.models.runtime import (
     resolve_device,
 )
 from dicomnode.models.weights import install
+from dicomnode.run.batch import find_cases, process_cases
+from dicomnode.run.case import CaseRunner
 from tests.models.test_faithfulness import ct_volume
 
 SETTINGS = InferenceSettings()
@@ -36,11 +43,13 @@ def _array(shape: tuple[int, int, int] = (12, 20, 20)) -> np.ndarray:
     return np.random.default_rng(1).normal(200, 300, (1, *shape)).astype(np.float32)
 
 
-def test_model_folder_picks_folds_and_checkpoint(model_folders: dict[str, Path], tmp_path: Path) -> None:
+def test_model_folder_picks_folds_and_checkpoint(model_folders: dict[str, Path],
+                                                 tmp_path: Path) -> None:
     assert ModelFolder.open(model_folders["m"]).folds == ("all",)
     assert ModelFolder.open(model_folders["l"]).folds == (0, 1, 2, 3, 4)
     # TotalSpineSeg prefers checkpoint_best.pth and falls back to checkpoint_final.pth.
-    folder = ModelFolder.open(model_folders["daext"], (0,), ("checkpoint_best.pth", "checkpoint_final.pth"))
+    folder = ModelFolder.open(model_folders["daext"], (0,),
+                              ("checkpoint_best.pth", "checkpoint_final.pth"))
     assert folder.checkpoint == "checkpoint_final.pth"
     with pytest.raises(ModelLoadError, match="lack checkpoint_final.pth"):
         ModelFolder.open(model_folders["m"], (0,))
@@ -61,7 +70,8 @@ def test_predictors_stay_warm_and_are_released(model_folders: dict[str, Path]) -
     assert runtime.loaded() == []
 
 
-def test_unknown_trainer_class_loads_without_touching_site_packages(model_folders: dict[str, Path]) -> None:
+def test_unknown_trainer_class_loads_without_touching_site_packages(
+        model_folders: dict[str, Path]) -> None:
     import nnunetv2
 
     trainers = Path(nnunetv2.__path__[0]) / "training" / "nnUNetTrainer"
@@ -72,11 +82,13 @@ def test_unknown_trainer_class_loads_without_touching_site_packages(model_folder
     assert sorted(p.name for p in trainers.rglob("*.py")) == before
 
 
-def test_weights_that_do_not_fit_the_plans_are_refused(model_folders: dict[str, Path], tmp_path: Path) -> None:
+def test_weights_that_do_not_fit_the_plans_are_refused(model_folders: dict[str, Path],
+                                                       tmp_path: Path) -> None:
     folder = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     shutil.copytree(model_folders["m"], folder)
     plans = json.loads((folder / "plans.json").read_text())
-    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] = [8, 16, 32]
+    arch_kwargs = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    arch_kwargs["features_per_stage"] = [8, 16, 32]
     (folder / "plans.json").write_text(json.dumps(plans))
     with pytest.raises(ModelLoadError, match="do not fit the network"):
         NnUNetRuntime("cpu").model(ModelFolder.open(folder), SETTINGS)
@@ -109,13 +121,15 @@ def test_device_resolution() -> None:
             resolve_device("cuda:3")
 
 
-def test_pipeline_result_is_on_the_volume_grid(model_folders: dict[str, Path], tmp_path: Path) -> None:
+def test_pipeline_result_is_on_the_volume_grid(model_folders: dict[str, Path],
+                                               tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models")
     pipeline = get_pipeline("vertebral-bodies-ct")(store, NnUNetRuntime("cpu"))
     with pytest.raises(ModelNotInstalled, match="dicomnode models pull vertebral-bodies-ct-m"):
         pipeline.run(type("V", (), {"image": ct_volume((10, 20, 20))})())
     install(get_entry("vertebral-bodies-ct-m"), store, [model_folders["m"]])
-    image = sitk.Cast(ct_volume((10, 20, 20)), sitk.sitkFloat32) + 0.7  # fractions: truncated to int16
+    # fractions: truncated to int16
+    image = sitk.Cast(ct_volume((10, 20, 20)), sitk.sitkFloat32) + 0.7
     volume = type("V", (), {"image": image})()
     result = pipeline.run(volume)
     assert result.labelmap.GetSize() == image.GetSize()
@@ -129,7 +143,8 @@ def test_pipeline_result_is_on_the_volume_grid(model_folders: dict[str, Path], t
     # Same result as feeding the int16-truncated image: the official cast.
     truncated = sitk.Cast(image, sitk.sitkInt16)
     again = pipeline.run(type("V", (), {"image": truncated})())
-    assert np.array_equal(sitk.GetArrayFromImage(again.labelmap), sitk.GetArrayFromImage(result.labelmap))
+    assert np.array_equal(sitk.GetArrayFromImage(again.labelmap),
+                          sitk.GetArrayFromImage(result.labelmap))
     with pytest.raises(PipelineError, match="3D greyscale"):
         pipeline.run(type("V", (), {"image": sitk.Image(8, 8, sitk.sitkInt16)})())
     with pytest.raises(PipelineError, match="runs vertebral-bodies-ct-m or vertebral-bodies-ct-l"):
@@ -195,8 +210,8 @@ def test_process_dicom_folder_writes_seg_sr_preview_per_series(tmp_path: Path) -
     synthetic = pytest.importorskip("tests.synthetic")
     folder = tmp_path / "in"
     for i, name in enumerate(("first", "second")):
-        series = synthetic.single_frame_series(name=name, shape=(10, 20, 24), spacing=(1.0, 1.0, 3.0),
-                                               seed=i)
+        series = synthetic.single_frame_series(name=name, shape=(10, 20, 24),
+                                               spacing=(1.0, 1.0, 3.0), seed=i)
         synthetic.write_series(series, folder / name)
     (folder / "README").write_text("not DICOM")
     cases, skipped = find_cases(folder)

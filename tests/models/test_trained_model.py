@@ -51,7 +51,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=600)
 
 
-def reference_on(grid: "object") -> np.ndarray:
+def reference_on(grid: object) -> np.ndarray:
     """TotalSegmentator's labels as VBCT values, resampled (nearest) onto ``grid``'s voxels."""
     import SimpleITK as sitk
 

@@ -7,8 +7,8 @@ import hashlib
 import http.server
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -137,7 +137,8 @@ def _entry_from(model_folder: Path, server: _Server, archive: Path) -> object:
 def test_pull_installs_and_verify_runs(server: _Server, model_folders: dict[str, Path],
                                        tmp_path: Path) -> None:
     folder = model_folders["m"]
-    archive = zip_folder(folder, tmp_path / "release.zip", f"Dataset601_VertebralBodies/{folder.name}/")
+    archive = zip_folder(folder, tmp_path / "release.zip",
+                         f"Dataset601_VertebralBodies/{folder.name}/")
     entry = _entry_from(folder, server, archive)
     store = ModelStore(tmp_path / "models")
     installed = pull(entry, store, progress=False)  # type: ignore[arg-type]
@@ -151,7 +152,8 @@ def test_pull_installs_and_verify_runs(server: _Server, model_folders: dict[str,
 
 
 def test_cli_pull_from_mirror_list_and_verify(server: _Server, model_folders: dict[str, Path],
-                                              config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+                                              config_file: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     """The Hugging Face file layout served by a local mirror, through the command line."""
     folder = model_folders["m"]
     for item in get_entry("vertebral-bodies-ct-m").downloads:
@@ -166,7 +168,8 @@ def test_cli_pull_from_mirror_list_and_verify(server: _Server, model_folders: di
     assert "OK" in capsys.readouterr().out
     # Every pulled file's SHA-256 is recorded, so a site can pin what it fetched.
     installed = ModelStore(config_file.parent / "models").require("vertebral-bodies-ct-m")
-    assert set(installed.manifest["sha256"]) == {d.filename for d in get_entry("vertebral-bodies-ct-m").downloads}
+    downloads = get_entry("vertebral-bodies-ct-m").downloads
+    assert set(installed.manifest["sha256"]) == {d.filename for d in downloads}
 
 
 def test_cli_pull_unreachable_exits_non_zero(config_file: Path,
@@ -195,7 +198,8 @@ def test_install_from_zip_and_from_folder(model_folders: dict[str, Path], tmp_pa
     assert [p.name for p in store.root.iterdir()] == ["vertebral-bodies-ct-l"]  # no staging left
 
 
-def test_install_rejects_what_is_not_the_release(model_folders: dict[str, Path], tmp_path: Path) -> None:
+def test_install_rejects_what_is_not_the_release(model_folders: dict[str, Path],
+                                                 tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models")
     with pytest.raises(InstallError, match="official release layout"):  # M weights are not L
         install(get_entry("vertebral-bodies-ct-l"), store, [model_folders["m"]])
@@ -215,7 +219,8 @@ def test_install_totalspineseg_release_zips(model_folders: dict[str, Path], tmp_
     zips = []
     for step in (1, 2):
         name = f"Dataset10{step}_TotalSpineSeg_step{step}"
-        zips.append(zip_folder(folder, tmp_path / f"{name}_r20251124.zip", f"{name}/{folder.name}/"))
+        zips.append(zip_folder(folder, tmp_path / f"{name}_r20251124.zip",
+                               f"{name}/{folder.name}/"))
     store = ModelStore(tmp_path / "models")
     installed = install(get_entry("totalspineseg"), store, zips)
     step2 = installed.model_folder("step2")

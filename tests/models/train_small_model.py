@@ -3,7 +3,8 @@
 Usage: ``.venv/bin/python tests/models/train_small_model.py OUTDIR [--max-seconds S]``
 
 Writes ``OUTDIR/nnUNetTrainer__nnUNetResEncUNetMPlans__3d_fullres/{plans.json,dataset.json,
-fold_all/checkpoint_final.pth}``: a ResEnc-M-named nnU-Net model folder (trainer ``nnUNetTrainer``, plans ``nnUNetResEncUNetMPlans``, ``fold_all``)
+fold_all/checkpoint_final.pth}``: a ResEnc-M-named nnU-Net model folder (trainer
+``nnUNetTrainer``, plans ``nnUNetResEncUNetMPlans``, ``fold_all``)
 whose network has learnt the vertebrae of ``example_ct.nii.gz`` from TotalSegmentator's labels
 (``spine_report/example_ct_report/totalseg.nii.gz``) mapped onto VertebralBodiesCT's label values.
 The committed fixture ``tests/models/fixtures/vbct-small/`` was made with this script.
@@ -43,6 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script, too
 from tests.shared_data import SHARED_DATA  # noqa: E402
+
 DATA = SHARED_DATA / "totalsegmentator-ref"
 CT = DATA / "example_ct.nii.gz"
 LABELS = DATA / "spine_report" / "example_ct_report" / "totalseg.nii.gz"
@@ -82,7 +84,7 @@ def series_arrays() -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]
 
 def data_shape(shape: tuple[int, ...], spacing: tuple[float, ...]) -> list[int]:
     """The volume's shape at the plans' spacing (median_image_size_in_voxels of one case)."""
-    return [round(n * s / t) for n, s, t in zip(shape, spacing, SPACING)]
+    return [round(n * s / t) for n, s, t in zip(shape, spacing, SPACING, strict=False)]
 
 
 def fingerprint_intensities(hu: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -117,11 +119,12 @@ def preprocess(hu: np.ndarray, labels: np.ndarray, spacing: tuple[float, ...],
 
 def _pad_centred(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     pad = [(0, 0)] + [(max(0, s - a) // 2, max(0, s - a) - max(0, s - a) // 2)
-                      for a, s in zip(array.shape[1:], shape)]
+                      for a, s in zip(array.shape[1:], shape, strict=False)]
     return np.pad(array, pad)
 
 
-def dice_per_label(pred: np.ndarray, truth: np.ndarray, labels: tuple[int, ...]) -> dict[int, float]:
+def dice_per_label(pred: np.ndarray, truth: np.ndarray,
+                   labels: tuple[int, ...]) -> dict[int, float]:
     out = {}
     for label in labels:
         p, t = pred == label, truth == label
@@ -144,7 +147,7 @@ class Trainer:
         # Where the volume is smaller than the patch, place it at a random offset in a canvas of
         # zeros: the predictor pads such images with 0 (normalised), centred.
         pad = []
-        for p, s in zip(PATCH, data.shape[1:]):
+        for p, s in zip(PATCH, data.shape[1:], strict=False):
             extra = max(0, p - s)
             before = int(self.rng.integers(0, extra + 1))
             pad.append((before, extra - before))
@@ -154,10 +157,12 @@ class Trainer:
         if self.rng.random() < 0.5:  # foreground oversampling, as nnU-Net does (there 1/3)
             fg = np.argwhere(seg[0] > 0)
             centre = fg[self.rng.integers(len(fg))]
-            start = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, PATCH, shape)]
+            start = [int(np.clip(c - p // 2, 0, s - p))
+                     for c, p, s in zip(centre, PATCH, shape, strict=False)]
         else:
-            start = [int(self.rng.integers(0, s - p + 1)) for p, s in zip(PATCH, shape)]
-        window = tuple(slice(a, a + p) for a, p in zip(start, PATCH))
+            start = [int(self.rng.integers(0, s - p + 1))
+                     for p, s in zip(PATCH, shape, strict=False)]
+        window = tuple(slice(a, a + p) for a, p in zip(start, PATCH, strict=False))
         return data[(slice(None), *window)], seg[(slice(None), *window)]
 
     def evaluate(self, network: Any, data: Any, seg: np.ndarray) -> dict[int, float]:
@@ -186,7 +191,8 @@ class Trainer:
         optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
         # Evaluation input: the volume centred in zeros, at least one patch and a multiple of 8
         # (three stride-2 stages), as the predictor pads it.
-        full = tuple(max(p, -(-s // 8) * 8) for p, s in zip(PATCH, self.data.shape[1:]))
+        full = tuple(max(p, -(-s // 8) * 8)
+                     for p, s in zip(PATCH, self.data.shape[1:], strict=False))
         whole = torch.from_numpy(_pad_centred(self.data, full)[None])
         truth = _pad_centred(self.seg, full)
         data, seg = self.data, self.seg
@@ -205,7 +211,8 @@ class Trainer:
             elapsed = time.perf_counter() - start
             if step % 50 == 0 or elapsed > self.max_seconds:
                 dice = self.evaluate(network, whole, truth)
-                history.append({"step": step, "seconds": round(elapsed, 1), "loss": round(float(loss.detach()), 4),
+                history.append({"step": step, "seconds": round(elapsed, 1),
+                                "loss": round(float(loss.detach()), 4),
                                 "dice": {f"L{k - 12}": round(v, 3) for k, v in dice.items()}})
                 print(json.dumps(history[-1]), flush=True)
                 if min(dice.values()) >= self.target or elapsed > self.max_seconds:

@@ -17,8 +17,9 @@ through nnU-Net's own preprocessing, sliding window, Gaussian blending and expor
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 Band = tuple[float, float]  # (lo, hi) intensity interval of input channel 0
 
@@ -117,7 +118,8 @@ def plans_json(dataset_name: str, spacing: float, channels: int, features: int,
             "percentile_99_5": 1400.0, "std": 150.0} for c in range(channels)},
         "configurations": {"3d_fullres": {
             "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-            "batch_size": 2, "patch_size": list(patch_size), "median_image_size_in_voxels": [64, 64, 64],
+            "batch_size": 2, "patch_size": list(patch_size),
+            "median_image_size_in_voxels": [64, 64, 64],
             "spacing": [spacing] * 3, "normalization_schemes": ["NoNormalization"] * channels,
             "use_mask_for_norm": [False] * channels,
             "resampling_fn_data": "resample_data_or_seg_to_shape",
@@ -133,7 +135,8 @@ def plans_json(dataset_name: str, spacing: float, channels: int, features: int,
 def save_model_folder(folder: Path, plans: dict[str, Any], dataset: dict[str, Any],
                       checkpoints: dict[str, Any], trainer: str,
                       mirroring: tuple[int, ...] | None) -> Path:
-    """Write ``plans.json``, ``dataset.json`` and ``fold_0/<name>`` checkpoints (nnU-Net's format)."""
+    """Write ``plans.json``, ``dataset.json`` and ``fold_0/<name>`` checkpoints (nnU-Net's
+    format)."""
     import torch
 
     (folder / "fold_0").mkdir(parents=True, exist_ok=True)

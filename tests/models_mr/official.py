@@ -64,7 +64,8 @@ def totalspineseg_command(source: Path, output: Path, data_dir: Path, *, step1_o
     ``threads``: torch CPU threads, ``workers``: its process pools (tests use 1 and 1; the official
     CLI defaults to ``os.cpu_count()`` for both on a CPU-only machine with ≥ 8 GiB per core).
     """
-    env = {**os.environ, "nnUNet_extTrainer": str(stub_trainer_dir(output.parent / f".{output.name}"))}
+    env = {**os.environ,
+           "nnUNet_extTrainer": str(stub_trainer_dir(output.parent / f".{output.name}"))}
     argv = [sys.executable, "-c", _TSS_SCRIPT, str(source), str(output), str(data_dir),
             "1" if step1_only else "0", str(threads), str(workers)]
     return argv, env
@@ -74,4 +75,5 @@ def run_totalspineseg(source: Path, output: Path, data_dir: Path, *, step1_only:
                       timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the official command (see :func:`totalspineseg_command`) and wait for it."""
     argv, env = totalspineseg_command(source, output, data_dir, step1_only=step1_only)
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)

@@ -77,7 +77,8 @@ def build_semantic(root: Path, contrast: str = "T2w") -> Path:
         network.decoder.seg_layers[0].bias[0] = 0.0
     folder = save_model_folder(root / f"{contrast}_semantic_test", plans, dataset,
                                {"checkpoint_final.pth": network}, "nnUNetTrainer", (0, 1, 2))
-    (folder / "inference_config.json").write_text(json.dumps(semantic_inference_config(contrast), indent=2))
+    (folder / "inference_config.json").write_text(
+        json.dumps(semantic_inference_config(contrast), indent=2))
     return folder
 
 

@@ -57,7 +57,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                                 nib.orientations.axcodes2ornt("ASL"))
     asl = sample.as_reoriented(transform)
     thick = asl.slicer[:, :, ::2]  # L axis: 3 mm sagittal slices
-    nib.save(nib.Nifti1Image(np.asanyarray(thick.dataobj), thick.affine), cases / "sub-asl_T2w.nii.gz")
+    nib.save(nib.Nifti1Image(np.asanyarray(thick.dataobj), thick.affine),
+             cases / "sub-asl_T2w.nii.gz")
     axial = nib.Nifti1Image(np.zeros((40, 40, 8), np.int16), np.diag([0.5, 0.5, 4.0, 1.0]))
     nib.save(axial, cases / "sub-axial_T2w.nii.gz")
     return {"store": store.root, "cases": cases}
@@ -98,7 +99,8 @@ def test_same_as_official_api(pipeline: Spineps, setup: dict[str, Path], name: s
     assert result.metadata.settings["vertebra_numbering"].startswith("positional")
 
 
-def test_axial_image_is_refused_like_the_official_api(pipeline: Spineps, setup: dict[str, Path]) -> None:
+def test_axial_image_is_refused_like_the_official_api(pipeline: Spineps,
+                                                      setup: dict[str, Path]) -> None:
     image = sitk.ReadImage(str(setup["cases"] / "sub-axial_T2w.nii.gz"))
     with pytest.raises(SpinepsError, match="sagittal or isotropic"):
         pipeline.run(_Volume(image))

@@ -12,10 +12,11 @@ changes). The cases:
   is the phantom repeated twice, so linear resampling to 1 mm reproduces it exactly and the
   labelling still has a clean spine), oblique geometry and the way back to the source grid;
 * ``sct_t2`` (int16, 1 mm, PSR) and ``tptbox_t2w`` (uint16, 1.5 mm, PIR, middle 24 sagittal
-  slices) — the shared real MR images. The hand-set networks answer to intensity bands, so on real anatomy they label
-  scattered voxels: this checks the 1 mm resampling with integer truncation and step 1 on real
-  data; whether the labelling then finds a landmark is data-dependent, and both sides must agree
-  (the official tool writes no segmentation where ours raises ``NoSpineFound``).
+  slices) — the shared real MR images. The hand-set networks answer to intensity bands, so on
+  real anatomy they label scattered voxels: this checks the 1 mm resampling with integer
+  truncation and step 1 on real data; whether the labelling then finds a landmark is
+  data-dependent, and both sides must agree (the official tool writes no segmentation where ours
+  raises ``NoSpineFound``).
 
 Nothing differs: every comparison below is exact equality.
 """
@@ -128,7 +129,8 @@ def _on_source_grid(steps_seg: nib.Nifti1Image, image: sitk.Image) -> np.ndarray
 
     from dicomnode.models.pipelines.nifti import to_nifti
 
-    return np.asanyarray(transform_seg2image(to_nifti(image), steps_seg).dataobj).round().astype(np.uint8)
+    on_image = transform_seg2image(to_nifti(image), steps_seg)
+    return np.asanyarray(on_image.dataobj).round().astype(np.uint8)
 
 
 @pytest.mark.parametrize("case", [*PHANTOMS, *REAL])
@@ -142,7 +144,8 @@ def test_same_as_official_command(runs, tss: dict[str, Path], case: str) -> None
         return
     assert np.array_equal(_on_source_grid(steps.step1_output, image), step1)
     if steps.step2_raw is not None:
-        assert np.array_equal(np.asanyarray(steps.step2_raw.dataobj), _official(tss, "step2_raw", case))
+        assert np.array_equal(np.asanyarray(steps.step2_raw.dataobj),
+                              _official(tss, "step2_raw", case))
     final = _official(tss, "step2_output", case)
     if ours is None:
         assert final is None, "the official tool labelled step 2 where ours found no landmark"
@@ -160,8 +163,8 @@ def test_phantom_is_labelled_as_a_lumbar_spine(pipeline: TotalSpineSeg, runs, ts
     # cord, canal, T12, L1–L5, sacrum, discs T12-L1 … L4-L5, L5-S
     assert present == {1, 2, 32, 41, 42, 43, 44, 45, 50, 91, 92, 93, 94, 95, 100}
     result = pipeline.run(_Volume(sitk.ReadImage(str(tss["cases"] / f"{case}.nii.gz"))))
-    names = {s.key for s in result.mapping.structures_present(sitk.GetArrayFromImage(result.labelmap),
-                                                              strict=True)}
+    labels = sitk.GetArrayFromImage(result.labelmap)
+    names = {s.key for s in result.mapping.structures_present(labels, strict=True)}
     assert {"spinal_cord", "spinal_canal", "vertebra_T12", "vertebra_L5", "sacrum"} <= names
     assert result.metadata.settings["step1"]["checkpoint"] == "checkpoint_best.pth"
 

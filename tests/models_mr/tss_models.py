@@ -85,12 +85,14 @@ def build_step(root: Path, step: int) -> Path:
         outputs, channels, scale=SCALE, on_fraction=0.5, off_bias=-SCALE * HALF_WIDTH / 2,
         predict_nothing=nothing, extra=None if step == 1 else {0: 4 * SCALE * HALF_WIDTH})
         for checkpoint, nothing in (("checkpoint_best.pth", False), ("checkpoint_final.pth", True))}
-    return save_model_folder(root / dataset_name / FOLDER, plans_json(dataset_name, 1.0, channels, features),
+    return save_model_folder(root / dataset_name / FOLDER,
+                             plans_json(dataset_name, 1.0, channels, features),
                              dataset_json(step), networks, TRAINER, None)
 
 
 def build_release(root: Path) -> Path:
-    """Both steps under ``<root>/nnUNet/results/`` (TotalSpineSeg's data dir layout); returns root."""
+    """Both steps under ``<root>/nnUNet/results/`` (TotalSpineSeg's data dir layout); returns
+    root."""
     results = root / "nnUNet" / "results"
     for step in (1, 2):
         build_step(results, step)
@@ -98,7 +100,8 @@ def build_release(root: Path) -> Path:
 
 
 def release_zips(root: Path, out: Path) -> list[Path]:
-    """The two release zips (``Dataset10N_TotalSpineSeg_stepN_r20251124.zip``) of a built release."""
+    """The two release zips (``Dataset10N_TotalSpineSeg_stepN_r20251124.zip``) of a built
+    release."""
     out.mkdir(parents=True, exist_ok=True)
     zips = []
     for dataset in (STEP1, STEP2):

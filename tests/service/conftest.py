@@ -29,6 +29,7 @@ import pytest
 import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
 from tests.shared_data import EXAMPLE_CT_DICOM
 
 EXAMPLE_CT = EXAMPLE_CT_DICOM

@@ -26,9 +26,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
-from pynetdicom import _config as pynetdicom_config
-from pynetdicom import association as pynetdicom_association
+from pynetdicom import AE, _config as pynetdicom_config, association as pynetdicom_association
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 

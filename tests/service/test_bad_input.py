@@ -23,9 +23,12 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian as EXPLICIT
-from pydicom.uid import ImplicitVRLittleEndian as IMPLICIT
-from pydicom.uid import JPEG2000Lossless, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian as EXPLICIT,
+    ImplicitVRLittleEndian as IMPLICIT,
+    JPEG2000Lossless,
+    generate_uid,
+)
 
 from dicomnode.receiver.errors import STATUS, RejectKind
 from dicomnode.storage.spool import safe_name

@@ -24,15 +24,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pynetdicom import AE
-from pynetdicom import _config as pynetdicom_config
+from pynetdicom import AE, _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomnode.receiver.errors import STATUS
 from tests.service.conftest import AE_TITLE, RunningNode, example_ct
-from tests.service.fuzz import (Mutant, Seed, build_seeds, check_dcmdump, check_pydicom,
-                                make_mutant, mutant_file, mutant_uid, part10, quiet_pydicom)
+from tests.service.fuzz import (
+    Mutant,
+    Seed,
+    build_seeds,
+    check_dcmdump,
+    check_pydicom,
+    make_mutant,
+    mutant_file,
+    mutant_uid,
+    part10,
+    quiet_pydicom,
+)
 
 #: Statuses that mean the node failed to handle a C-STORE (pynetdicom's "handler raised" and
 #: "handler returned an invalid status", and the node's own internal-error status).

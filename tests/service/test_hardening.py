@@ -17,12 +17,15 @@ import pydicom
 import pytest
 import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.fileset import FileSet
-from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless,
-                         generate_uid)
-from pynetdicom import AE
-from pynetdicom import _config as pynetdicom_config
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    generate_uid,
+)
+from pynetdicom import AE, _config as pynetdicom_config
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from tests.service.conftest import AE_TITLE, _cli, free_port

@@ -9,12 +9,17 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless
-from pynetdicom import AE
-from pynetdicom import _config as pynetdicom_config
+from pynetdicom import AE, _config as pynetdicom_config
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from tests.service.conftest import (AE_TITLE, echoscu, storescu, write_ct_series,
-                                    write_non_image, write_short_pixel_data)
+from tests.service.conftest import (
+    AE_TITLE,
+    echoscu,
+    storescu,
+    write_ct_series,
+    write_non_image,
+    write_short_pixel_data,
+)
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 GRAYSCALE_PR = "1.2.840.10008.5.1.4.1.1.11.1"

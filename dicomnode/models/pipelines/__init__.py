@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from dicomnode.config import PIPELINES as PIPELINE_NAMES
 from dicomnode.models.pipelines.base import (
     Pipeline,
     PipelineError,
-    RunProvenance,
     PipelineResult,
+    RunProvenance,
     VolumeLike,
 )
 from dicomnode.models.pipelines.spineps import Spineps
@@ -32,7 +33,8 @@ def get_pipeline(name: str) -> type[Pipeline]:
     try:
         return PIPELINES[name]
     except KeyError:
-        raise PipelineError(f"unknown pipeline {name!r}; available: {', '.join(PIPELINES)}") from None
+        raise PipelineError(f"unknown pipeline {name!r}; "
+                            f"available: {', '.join(PIPELINES)}") from None
 
 
 def create_pipeline(name: str, models: ModelsConfig, runtime: NnUNetRuntime,

@@ -1,4 +1,5 @@
-"""What a pipeline is: a volume in, a label map on the same grid plus its meaning and provenance out.
+"""What a pipeline is: a volume in, a label map on the same grid plus its meaning and provenance
+out.
 
 A pipeline takes the volume from ``converters.load_series`` (or any object with a SimpleITK
 ``.image``), runs its models on an :class:`~dicomnode.models.runtime.NnUNetRuntime` it is given
@@ -23,9 +24,9 @@ from dicomnode.config import PipelineName
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
+
     from converters.results.metadata import PipelineMetadata
     from converters.vocabulary import LabelMapping
-
     from dicomnode.models.registry import ModelStore
     from dicomnode.models.runtime import NnUNetRuntime
 
@@ -57,7 +58,6 @@ class RunProvenance:
     def for_encoders(self) -> PipelineMetadata:
         """The ``converters`` SEG/SR writers' metadata (algorithm name, version, parameters)."""
         from converters.results.metadata import PipelineMetadata
-
         from dicomnode import __version__
 
         parameters = {"pipeline_version": self.pipeline_version,
@@ -94,7 +94,8 @@ class Pipeline(ABC):
         if model is None:
             model = self.models[0]
         if model not in self.models:
-            raise PipelineError(f"pipeline {self.name} runs {' or '.join(self.models)}, not {model}")
+            raise PipelineError(f"pipeline {self.name} runs {' or '.join(self.models)}, "
+                                f"not {model}")
         self.store = store
         self.runtime = runtime
         self.model = model

@@ -65,7 +65,8 @@ def labelmap_on(nii: nib.Nifti1Image, image: sitk.Image) -> sitk.Image:
 
 
 def itk_written(data: np.ndarray, like: nib.Nifti1Image) -> nib.Nifti1Image:
-    """``data`` on the grid of ``like`` as nnU-Net's SimpleITKIO writes it and nibabel reads it back.
+    """``data`` on the grid of ``like`` as nnU-Net's SimpleITKIO writes it and nibabel reads it
+    back.
 
     nnU-Net reads its input with SimpleITK and writes the prediction with the geometry ITK read;
     ITK derives the direction from the NIfTI quaternion and stores its own float32 ``srow``, which
@@ -90,6 +91,7 @@ def itk_written(data: np.ndarray, like: nib.Nifti1Image) -> nib.Nifti1Image:
         seg.SetDirection(read.GetDirection())
         sitk.WriteImage(seg, str(written))
         itk = nib.load(written)
+        assert isinstance(itk, nib.Nifti1Image)  # a .nii file (Nifti2Image is a subclass)
         affine, header = itk.affine, itk.header.copy()
     dtype = np.uint8 if data.max(initial=0) < 255 else np.uint16  # SimpleITKIO.write_seg
     header.set_data_shape(data.shape)

@@ -48,8 +48,8 @@ import numpy as np
 from dicomnode.models.pipelines.base import (
     Pipeline,
     PipelineError,
-    RunProvenance,
     PipelineResult,
+    RunProvenance,
     VolumeLike,
     check_scalar_3d,
 )
@@ -58,6 +58,7 @@ from dicomnode.models.pipelines.nifti import labelmap_on, to_nifti
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
+    from dicomnode.config import PipelineName
     from dicomnode.models.registry import ModelStore
     from dicomnode.models.runtime import NnUNetRuntime
 
@@ -110,7 +111,7 @@ class SpinepsResult(PipelineResult):
 class Spineps(Pipeline):
     """SPINEPS semantic + instance models and post-processing, faithful to ``spineps.segment``."""
 
-    name: ClassVar[str] = "spineps"
+    name: ClassVar[PipelineName] = "spineps"
     version: ClassVar[str] = "1"
     models: ClassVar[tuple[str, ...]] = ("spineps-t2w", "spineps-t1w")
 
@@ -137,7 +138,8 @@ class Spineps(Pipeline):
             key = (str(installed.component(role)), str(device))
             if key not in self._loaded:
                 with self.runtime.device_lock(), _torch_flags_restored():
-                    model = get_actual_model(installed.component(role), use_cpu=device.type == "cpu")
+                    model = get_actual_model(installed.component(role),
+                                             use_cpu=device.type == "cpu")
                     model.default_allow_tqdm = False
                     self._loaded[key] = model.load()
             loaded.append(self._loaded[key])

@@ -53,8 +53,8 @@ import numpy as np
 from dicomnode.models.pipelines.base import (
     Pipeline,
     PipelineError,
-    RunProvenance,
     PipelineResult,
+    RunProvenance,
     VolumeLike,
     check_scalar_3d,
 )
@@ -63,8 +63,9 @@ from dicomnode.models.runtime import InferenceSettings, ModelFolder
 
 if TYPE_CHECKING:
     import nibabel as nib
-    from converters.vocabulary import LabelMapping
 
+    from converters.vocabulary import LabelMapping
+    from dicomnode.config import PipelineName
     from dicomnode.models.registry import ModelStore
     from dicomnode.models.runtime import NnUNetRuntime
 
@@ -86,7 +87,8 @@ STEP2_LABELLING: dict[str, Any] = dict(
     _DISCS, vertebrae_labels=[7, 8, 9], vertebrae_landmark_output_labels=[13, 21, 41, 50],
     vertebrae_extra_labels=[6], canal_labels=[10], canal_output_label=2, cord_labels=[11],
     cord_output_label=1, sacrum_labels=[9], sacrum_output_label=50)
-FILL_CANAL: dict[str, Any] = dict(canal_label=2, cord_label=1, largest_canal=True, largest_cord=True)
+FILL_CANAL: dict[str, Any] = dict(canal_label=2, cord_label=1, largest_canal=True,
+                                  largest_cord=True)
 LARGEST_COMPONENT: dict[str, Any] = dict(binarize=True, dilate=5)
 #: Step-1 value 50 is "any vertebra" (no vertebra numbering yet), not the sacrum.
 STEP1_UNNUMBERED_VERTEBRAE = 50
@@ -138,7 +140,7 @@ def _nnunet_input(channels: list[nib.Nifti1Image]) -> tuple[np.ndarray, tuple[fl
 class TotalSpineSeg(Pipeline):
     """TotalSpineSeg on the shared runtime: cord, canal, C1–L5(+L6), sacrum and every disc."""
 
-    name: ClassVar[str] = "totalspineseg"
+    name: ClassVar[PipelineName] = "totalspineseg"
     version: ClassVar[str] = "1"
     models: ClassVar[tuple[str, ...]] = ("totalspineseg",)
 

@@ -16,19 +16,22 @@ Official pipeline (``fohofmann/BodyComposition``, ``actions/segm_int_vertebrae.p
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from dicomnode.models.pipelines.base import (
     Pipeline,
-    RunProvenance,
     PipelineResult,
+    RunProvenance,
     VolumeLike,
     check_scalar_3d,
     labelmap_like,
 )
 from dicomnode.models.runtime import InferenceSettings
+
+if TYPE_CHECKING:
+    from dicomnode.config import PipelineName
 
 #: BodyComposition's predictor settings.
 OFFICIAL_SETTINGS = InferenceSettings(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
@@ -36,12 +39,13 @@ OFFICIAL_SETTINGS = InferenceSettings(tile_step_size=0.5, use_gaussian=True, use
 
 
 class VertebralBodiesCT(Pipeline):
-    name: ClassVar[str] = "vertebral-bodies-ct"
+    name: ClassVar[PipelineName] = "vertebral-bodies-ct"
     version: ClassVar[str] = "1"
     models: ClassVar[tuple[str, ...]] = ("vertebral-bodies-ct-m", "vertebral-bodies-ct-l")
 
     def run(self, volume: VolumeLike) -> PipelineResult:
         import SimpleITK as sitk
+
         from converters.vocabulary import vertebral_bodies_ct
 
         image = volume.image
