@@ -89,12 +89,19 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "case"
 
 
+#: ``results.labelmap_compression`` → the encoders' name of it.
+_COMPRESSION: dict[str, Literal["RLE", "JPEGLS", "NONE"]] = {
+    "rle": "RLE", "jpegls": "JPEGLS", "none": "NONE"}
+
+
 def encode_options(results: ResultsConfig) -> EncodeOptions:
     """The encoders' options from the ``results`` section of the configuration."""
     from converters.results import EncodeOptions
 
-    return EncodeOptions(segmentation_type=results.seg_type.upper(),  # type: ignore[arg-type]
-                         labelmap_compression=results.labelmap_compression.upper(),  # type: ignore[arg-type]
+    seg_type: Literal["BINARY", "LABELMAP"] = (
+        "LABELMAP" if results.seg_type == "labelmap" else "BINARY")
+    return EncodeOptions(segmentation_type=seg_type,
+                         labelmap_compression=_COMPRESSION[results.labelmap_compression],
                          omit_empty_frames=results.omit_empty_frames, sr=results.sr,
                          preview=results.preview,
                          trabecular_erosion_mm=results.trabecular_erosion_mm)
