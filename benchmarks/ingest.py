@@ -35,6 +35,8 @@ import pydicom
 import yaml
 from pydicom.uid import generate_uid
 
+from tests.dcmtk import STORESCP, STORESCU
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_CT = REPO.parent / "shared/data/totalsegmentator-ref/example_ct_dicom"
 AE_TITLE = "DICOMNODE"
@@ -98,7 +100,7 @@ def peak_rss(pid: int) -> int:
 
 def send(port: int, folder: Path, count: int) -> float:
     started = time.perf_counter()
-    result = subprocess.run(["storescu", "-xv", "+sd", "-aec", AE_TITLE, "127.0.0.1", str(port),
+    result = subprocess.run([STORESCU, "-xv", "+sd", "-aec", AE_TITLE, "127.0.0.1", str(port),
                              str(folder)], capture_output=True, text=True, env=DCMTK_ENV)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
@@ -140,7 +142,7 @@ def run_node(folder: Path, count: int, work: Path, fsync: bool) -> Run:
 def run_storescp(folder: Path, count: int, work: Path) -> Run:
     out = Path(tempfile.mkdtemp(dir=work, prefix="storescp-"))
     port = free_port()
-    process = subprocess.Popen(["storescp", "+xa", "-od", str(out), str(port)],
+    process = subprocess.Popen([STORESCP, "+xa", "-od", str(out), str(port)],
                                env=DCMTK_ENV, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:

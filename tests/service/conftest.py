@@ -30,6 +30,7 @@ import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from tests.dcmtk import ECHOSCU, STORESCU
 from tests.shared_data import EXAMPLE_CT_DICOM
 
 EXAMPLE_CT = EXAMPLE_CT_DICOM
@@ -129,7 +130,7 @@ def storescu(port: int, *paths: Path, calling: str = "STORESCU", called: str = A
              extra: tuple[str, ...] = (), timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Send files/folders with dcmtk storescu (proposing JPEG 2000 as the files are); its log
     (stderr) is merged into ``stdout``."""
-    command = ["storescu", "-v", "-xv", "+sd", "+r", "-aet", calling, "-aec", called, *extra,
+    command = [STORESCU, "-v", "-xv", "+sd", "+r", "-aet", calling, "-aec", called, *extra,
                "127.0.0.1", str(port), *map(str, paths)]
     return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout)
@@ -137,7 +138,7 @@ def storescu(port: int, *paths: Path, calling: str = "STORESCU", called: str = A
 
 def echoscu(port: int, calling: str = "ECHOSCU", called: str = AE_TITLE
             ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["echoscu", "-v", "-aet", calling, "-aec", called, "127.0.0.1",
+    return subprocess.run([ECHOSCU, "-v", "-aet", calling, "-aec", called, "127.0.0.1",
                            str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=60)
 

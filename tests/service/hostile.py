@@ -30,16 +30,17 @@ from pynetdicom import AE, _config as pynetdicom_config, association as pynetdic
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 
+from tests.dcmtk import ECHOSCU, dcmtk_tool
+
 AE_TITLE = "DICOMNODE"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 VERIFICATION = "1.2.840.10008.1.1"
 #: dcmtk's tools by absolute path: the venv holds pynetdicom's own scripts of the same names.
-ECHOSCU = "/usr/bin/echoscu"
-FINDSCU = "/usr/bin/findscu"
-MOVESCU = "/usr/bin/movescu"
-GETSCU = "/usr/bin/getscu"
+FINDSCU = dcmtk_tool("findscu")
+MOVESCU = dcmtk_tool("movescu")
+GETSCU = dcmtk_tool("getscu")
 
 ITEM = 0xFFFEE000
 ITEM_END = 0xFFFEE00D

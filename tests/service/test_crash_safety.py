@@ -15,6 +15,7 @@ from typing import Any
 import pydicom
 import pytest
 
+from tests.dcmtk import STORESCU
 from tests.service.conftest import AE_TITLE, acknowledged_files, write_ct_series
 
 
@@ -28,7 +29,7 @@ def test_stop_during_transfer_loses_no_acknowledged_instance(
     log = tmp_path / "storescu.log"
     with open(log, "w") as handle:
         sender = subprocess.Popen(
-            ["storescu", "-v", "-xv", "+sd", "-aec", AE_TITLE, "127.0.0.1", str(node.port),
+            [STORESCU, "-v", "-xv", "+sd", "-aec", AE_TITLE, "127.0.0.1", str(node.port),
              str(folder)], stdout=handle, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 120
         while len(acknowledged_files(log.read_text())) < 40:
@@ -67,7 +68,7 @@ def test_series_timers_rearmed_after_kill9(make_node: Any, tmp_path: Path,
                                            ct_sources: list[Any], database_url: str) -> None:
     node = make_node(assembly={"series_timeout": 3}, storage={"database_url": database_url})
     write_ct_series(tmp_path / "ct", 3, sources=ct_sources)
-    sent = subprocess.run(["storescu", "-xv", "+sd", "-aec", AE_TITLE, "127.0.0.1",
+    sent = subprocess.run([STORESCU, "-xv", "+sd", "-aec", AE_TITLE, "127.0.0.1",
                            str(node.port), str(tmp_path / "ct")], capture_output=True, text=True)
     assert sent.returncode == 0, sent.stderr
     node.kill9()  # before the series is quiet for 3 s
@@ -88,7 +89,7 @@ def test_spool_files_missing_from_the_index_are_reindexed(
     synced spool files are there; the next start re-indexes them."""
     node = make_node(assembly={"series_timeout": 30})
     uids = write_ct_series(tmp_path / "ct", 5, sources=ct_sources)
-    sent = subprocess.run(["storescu", "-xv", "+sd", "-aec", AE_TITLE, "127.0.0.1",
+    sent = subprocess.run([STORESCU, "-xv", "+sd", "-aec", AE_TITLE, "127.0.0.1",
                            str(node.port), str(tmp_path / "ct")], capture_output=True, text=True)
     assert sent.returncode == 0, sent.stderr
     node.kill9()

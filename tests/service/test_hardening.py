@@ -28,10 +28,11 @@ from pydicom.uid import (
 from pynetdicom import AE, _config as pynetdicom_config
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
+from tests.dcmtk import ECHOSCU
 from tests.service.conftest import AE_TITLE, _cli, free_port
 
 STORESCU = "/usr/bin/storescu"  # dcmtk's, not pynetdicom's script of the same name
-ECHOSCU = "/usr/bin/echoscu"
+
 
 
 def _dcmtk(tool: str, port: int, *args: str) -> subprocess.CompletedProcess[str]:

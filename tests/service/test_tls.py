@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from tests.dcmtk import ECHOSCU
 from tests.service.conftest import AE_TITLE
 
 
@@ -18,7 +19,7 @@ def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
 
 
 def _echo(port: int, *tls: str) -> int:
-    return subprocess.run(["echoscu", *tls, "-aec", AE_TITLE, "127.0.0.1", str(port)],
+    return subprocess.run([ECHOSCU, *tls, "-aec", AE_TITLE, "127.0.0.1", str(port)],
                           capture_output=True, timeout=60).returncode
 
 
