@@ -88,8 +88,10 @@ def send_dicom(name: str, destination: DestinationConfig, datasets: Sequence[Dat
     if assoc.is_rejected:
         raise DeliveryError("rejected", f"{where} rejected the association")
     if not assoc.is_established:
-        raise DeliveryError("unreachable", f"cannot associate with {where} "
-                                           "(connection refused, timed out or aborted)")
+        # Say which: a peer that aborts the request differs from one nobody answers for.
+        how = ("the peer aborted the request" if assoc.is_aborted
+               else "connection refused or no answer within the timeout")
+        raise DeliveryError("unreachable", f"cannot associate with {where} ({how})")
     report = DeliveryReport(destination=name)
     failures: list[str] = []
     try:
