@@ -122,6 +122,8 @@ class FileSeries:
 
     study: StudyKey
     series: SeriesKey
+    #: The calling AE title the study UID was derived with (as a receiver would have seen it).
+    calling_ae_title: str = ""
     paths: list[Path] = field(default_factory=list)
     sop_class_uids: set[str] = field(default_factory=set)
     #: Frames of all its instances (the ``slices`` routing rules match on).
@@ -140,9 +142,10 @@ class SkippedFile:
 
 
 def read_identity(path: Path, calling_ae_title: str | None = None
-                  ) -> tuple[Dataset, StudyKey, SeriesKey]:
+                  ) -> tuple[Dataset, str, StudyKey, SeriesKey]:
     """Header and identity of a DICOM file. ``calling_ae_title`` defaults to the file's Source
-    Application Entity Title (0002,0016), which the node's spool files carry. Raises
+    Application Entity Title (0002,0016), which the node's spool files carry; the AE title
+    used is returned with the header and identity. Raises
     InvalidDicomError, OSError or ValueError for what is not a DICOM file."""
     # defer_size: big values (Pixel Data) are not read, yet their presence is known.
     header = pydicom.dcmread(path, defer_size=1024)
@@ -152,7 +155,7 @@ def read_identity(path: Path, calling_ae_title: str | None = None
                else _text(meta, "SourceApplicationEntityTitle"))
     has_pixels = any(keyword in header for keyword in PIXEL_KEYWORDS)
     study, series = instance_identity(header, calling, sop_class, has_pixels)
-    return header, study, series
+    return header, calling, study, series
 
 
 def group_files(paths: Iterable[Path], calling_ae_title: str | None = None
@@ -163,7 +166,7 @@ def group_files(paths: Iterable[Path], calling_ae_title: str | None = None
     skipped: list[SkippedFile] = []
     for path in paths:
         try:
-            header, study, series = read_identity(path, calling_ae_title)
+            header, calling, study, series = read_identity(path, calling_ae_title)
         except (InvalidDicomError, OSError, ValueError, AttributeError) as exc:
             skipped.append(SkippedFile(path, f"not a DICOM instance: {exc}"))
             continue
@@ -172,8 +175,8 @@ def group_files(paths: Iterable[Path], calling_ae_title: str | None = None
             continue
         group = groups.get(series.series_instance_uid)
         if group is None:
-            group = groups[series.series_instance_uid] = FileSeries(study, series,
-                                                                    first_header=header)
+            group = groups[series.series_instance_uid] = FileSeries(
+                study, series, calling, first_header=header)
         group.paths.append(path)
         group.sop_class_uids.add(series.sop_class_uid)
         group.frames += frame_count(header)

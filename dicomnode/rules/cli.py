@@ -23,12 +23,8 @@ def _rules_test(args: argparse.Namespace) -> int:
         return 1
     report: list[dict[str, Any]] = []
     for group in groups:
-        calling = args.calling_ae_title
-        if calling is None:
-            meta = getattr(group.first_header, "file_meta", None)
-            calling = str(meta.get("SourceApplicationEntityTitle", "") if meta else "").strip()
         facts = SeriesFacts.from_dataset(group.first_header, slices=group.frames,
-                                         calling_ae_title=calling)
+                                         calling_ae_title=group.calling_ae_title)
         routable = group.kind is SeriesKind.VOLUME
         decision = route(config.routing, facts)
         report.append({

@@ -25,6 +25,6 @@ def fsync_folder(folder: Path) -> None:
 
 
 def free_bytes(path: Path) -> int:
-    """Free space, in bytes, on the file system holding ``path`` (created if missing)."""
-    path.mkdir(parents=True, exist_ok=True)
+    """Free space, in bytes, on the file system holding ``path`` (an existing folder). Called
+    before every C-STORE: one statvfs, nothing else."""
     return shutil.disk_usage(path).free

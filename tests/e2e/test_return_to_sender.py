@@ -24,12 +24,11 @@ from dicomnode.config import ConfigError, load_config, parse_config
 from dicomnode.storage import StorageLayout
 from tests.e2e.conftest import jobs_in, orthanc_objects
 from tests.orthanc import Orthanc, free_port
-from tests.service.conftest import AE_TITLE, RunningNode
+from tests.service.conftest import AE_TITLE, RunningNode, storescu
 
 SENDER_AE = "PACSA"
 CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4": "SEG", "1.2.840.10008.5.1.4.1.1.88.34": "SR",
            "1.2.840.10008.5.1.4.1.1.7": "preview", "1.2.840.10008.5.1.4.1.1.2": "CT"}
-STORESCU = "/usr/bin/storescu"  # the venv's pynetdicom has a storescu of its own
 
 
 def _small_series(folder: Path, sources: list[pydicom.Dataset]) -> set[str]:
@@ -128,10 +127,8 @@ def test_unknown_sender_is_dead_at_once_while_the_destination_still_gets_results
         tmp_path: Path) -> None:
     node = make_e2e_node(orthanc, dispatch=_return_to(free_port()))
     _small_series(tmp_path / "ct", ct_sources)
-    sent = subprocess.run([STORESCU, "+sd", "+r", "-aet", "UNKNOWNAE", "-aec", AE_TITLE,
-                           "127.0.0.1", str(node.port), str(tmp_path / "ct")],
-                          check=False, capture_output=True, text=True, timeout=120)
-    assert sent.returncode == 0, sent.stdout + sent.stderr
+    sent = storescu(node.port, tmp_path / "ct", calling="UNKNOWNAE", timeout=120)
+    assert sent.returncode == 0, sent.stdout
     status = node.wait_for(jobs_in(node, "done", "failed", "dead"), timeout=300)
     (job,) = status["jobs"]
     assert job["sender"] == "UNKNOWNAE"
@@ -177,10 +174,8 @@ def test_unknown_sender_does_not_stop_retries_to_a_destination_that_is_down(
     orthanc.stop()
     node = make_e2e_node(orthanc, dispatch=_return_to(free_port()))
     _small_series(tmp_path / "ct", ct_sources)
-    sent = subprocess.run([STORESCU, "+sd", "+r", "-aet", "UNKNOWNAE", "-aec", AE_TITLE,
-                           "127.0.0.1", str(node.port), str(tmp_path / "ct")],
-                          check=False, capture_output=True, text=True, timeout=120)
-    assert sent.returncode == 0, sent.stdout + sent.stderr
+    sent = storescu(node.port, tmp_path / "ct", calling="UNKNOWNAE", timeout=120)
+    assert sent.returncode == 0, sent.stdout
 
     def delivery(status: dict[str, Any], name: str) -> dict[str, Any]:
         found = [d for j in status["jobs"] for d in j["deliveries"] if d["destination"] == name]
