@@ -261,3 +261,18 @@ def test_results_section_selects_what_the_case_runner_writes(
     (seg,) = [ds for ds in objects if ds.Modality == "SEG"]
     assert (seg.SOPClassUID, seg.file_meta.TransferSyntaxUID) == (seg_class, seg_syntax)
     assert (tmp_path / "out" / "preview.png").exists() == ("OT" in modalities)
+
+
+def test_every_results_key_reaches_the_encode_options() -> None:
+    """Each ``results`` key of config.yaml lands in the field of ``EncodeOptions`` it names."""
+    from dicomnode.run.case import encode_options
+
+    results = parse_config({"results": {
+        "seg_type": "labelmap", "labelmap_compression": "jpegls", "omit_empty_frames": False,
+        "sr": False, "preview": False, "trabecular_erosion_mm": 1.5}}).results
+    options = encode_options(results)
+    assert (options.segmentation_type, options.labelmap_compression, options.omit_empty_frames,
+            options.sr, options.preview, options.trabecular_erosion_mm) == (
+        "LABELMAP", "JPEGLS", False, False, False, 1.5)
+    defaults = encode_options(parse_config({}).results)
+    assert (defaults.segmentation_type, defaults.labelmap_compression) == ("BINARY", "RLE")
