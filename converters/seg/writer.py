@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -20,6 +21,9 @@ from ..results.identity import (
 )
 from ..results.metadata import EncodeOptions, PipelineMetadata
 from ..vocabulary import LabelMapping, Structure, declare_scheme
+from .framing import finish, plan_frames, poked
+
+logger = logging.getLogger(__name__)
 
 _LABELMAP_SYNTAX = {"RLE": RLELossless, "JPEGLS": JPEGLSLossless, "NONE": ExplicitVRLittleEndian}
 
@@ -188,9 +192,13 @@ def build_segmentation(
     syntax = ExplicitVRLittleEndian if seg_type == "BINARY" else _LABELMAP_SYNTAX[
         options.labelmap_compression]
     kind = f"SEG {mapping.name}" + (" labelmap" if seg_type == "LABELMAP" else "")
+    binary = seg_type == "BINARY"
+    # frames chosen so that native Pixel Data needs no pad byte (OHIF 3.13.2): framing.py
+    plan = plan_frames(pixels, len(structures), binary, options.omit_empty_frames,
+                       syntax.is_encapsulated)
     seg = hd.seg.Segmentation(
         source_images=_highdicom_view(source_images),
-        pixel_array=pixels,
+        pixel_array=poked(pixels, plan),
         segmentation_type=seg_type,
         segment_descriptions=segment_descriptions(structures, source, pipeline, mapping.name),
         series_instance_uid=derived_uid(source, pipeline, "seg", mapping.name, seg_type),
@@ -205,7 +213,33 @@ def build_segmentation(
         content_label="SPINE",
         series_description=series_description(pipeline, kind),
         transfer_syntax_uid=syntax,
-        omit_empty_frames=options.omit_empty_frames,
+        omit_empty_frames=plan.omit_empty_frames,
     )
+    finish(seg, plan, [(str(ds.SOPInstanceUID), number or 1)
+                       for ds in source_images for number in frame_numbers(ds)])
+    if plan.pad:
+        logger.warning("SEG %s: no empty (segment, source frame) frame can be added or left "
+                       "out, so its %d-byte bit-packed Pixel Data keeps the pad byte, which "
+                       "OHIF 3.13.2 rejects", seg.SOPInstanceUID, len(seg.PixelData) - 1)
+    if not binary:
+        _background_last(seg)
     declare_scheme(seg)
     return seg, structures
+
+
+def _background_last(seg: hd.seg.Segmentation) -> None:
+    """Move highdicom's LABELMAP background item (Segment Number = Pixel Padding Value 0) to
+    the end of the Segment Sequence.
+
+    It must stay: PS3.3 C.8.20.2.3.3 "For a Segmentation Type (0062,0001) of LABELMAP, every
+    pixel value actually encoded in Pixel Data (7FE0,0010) is required to be described in an
+    Item of Segment Sequence (0062,0002)", and 0 is encoded wherever nothing is segmented.
+    Its place is free: "The Items of this Sequence are not required to be in any particular
+    order" (Table C.8.20-2). OHIF 3.13.2 colours pixel value i with the i-th item (it builds
+    its table as [none, *SegmentSequence]); with the background last, items 1..N are
+    segments 1..N and every colour is right."""
+    items = list(seg.SegmentSequence)
+    padding = seg.get("PixelPaddingValue", 0)
+    background = [i for i, d in enumerate(items) if d.SegmentNumber == padding]
+    seg.SegmentSequence = [d for i, d in enumerate(items) if i not in background] + [
+        items[i] for i in background]

@@ -33,25 +33,25 @@ def test_dciodvfy_reports_no_error(encoded, kind, tmp_path):
     assert dciodvfy_errors(seg, tmp_path) == []
 
 
-@pytest.mark.parametrize("kind", ["binary", "labelmap"])
-def test_highdicom_reads_back_exact_labels_and_geometry(encoded, kind, tmp_path):
-    path = tmp_path / "seg.dcm"
-    getattr(encoded, kind)[0].save_as(path)
-    volume = hd.seg.segread(path).get_volume(combine_segments=True)
-    grid = Grid.from_datasets(encoded.case.datasets)
-    expected = _expected(encoded)
-    back = patient_resample(volume.array, volume.affine, grid.affine, expected.shape)
-    np.testing.assert_array_equal(back, expected)
-
-
-@pytest.mark.parametrize("kind", ["binary", "labelmap"])
-def test_dcmqi_reads_back_exact_labels_and_geometry(encoded, kind, tmp_path):
-    seg = getattr(encoded, kind)[0]
-    if seg.file_meta.TransferSyntaxUID.name.startswith("JPEG-LS"):
-        pytest.skip("dcmqi 1.5.7 cannot decompress JPEG-LS SEG frames")
-    path = tmp_path / "seg.dcm"
+def highdicom_readback(seg: Dataset, datasets: list[Dataset], shape: tuple[int, ...],
+                       folder: Path) -> np.ndarray:
+    """The SEG written to ``folder`` and read by highdicom, as segment numbers on the grid
+    of ``datasets``."""
+    path = folder / "seg_hd.dcm"
     seg.save_as(path)
-    out = tmp_path / "out"
+    volume = hd.seg.segread(path).get_volume(combine_segments=True)
+    grid = Grid.from_datasets(datasets)
+    return patient_resample(volume.array, volume.affine, grid.affine, shape)
+
+
+def dcmqi_readback(seg: Dataset, datasets: list[Dataset], shape: tuple[int, ...],
+                   folder: Path) -> np.ndarray:
+    """The SEG written to ``folder`` and read by dcmqi's segimage2itkimage, as segment
+    numbers on the grid of ``datasets`` (dcmqi covers only the slices holding segments);
+    also checks dcmqi's voxel volume."""
+    path = folder / "seg_dcmqi.dcm"
+    seg.save_as(path)
+    out = folder / "dcmqi_out"
     out.mkdir()
     subprocess.run([str(SEGIMAGE2ITKIMAGE), "--inputDICOM", str(path), "--outputDirectory",
                     str(out), "--outputType", "nrrd", "--mergeSegments"],
@@ -63,13 +63,28 @@ def test_dcmqi_reads_back_exact_labels_and_geometry(encoded, kind, tmp_path):
     sx, sy, sz = img.GetSpacing()
     affine[:3, 0], affine[:3, 1], affine[:3, 2] = d[:, 2] * sz, d[:, 1] * sy, d[:, 0] * sx
     affine[:3, 3] = img.GetOrigin()
-    grid = Grid.from_datasets(encoded.case.datasets)
-    # dcmqi writes segment numbers; it covers only the slices holding segments
-    back = patient_resample(sitk.GetArrayFromImage(img), affine, grid.affine,
-                            _expected(encoded).shape)
-    np.testing.assert_array_equal(back, _expected(encoded))
+    grid = Grid.from_datasets(datasets)
     np.testing.assert_allclose(np.abs(np.linalg.det(affine[:3, :3])), grid.voxel_volume_mm3,
                                rtol=1e-5)
+    return patient_resample(sitk.GetArrayFromImage(img), affine, grid.affine, shape)
+
+
+@pytest.mark.parametrize("kind", ["binary", "labelmap"])
+def test_highdicom_reads_back_exact_labels_and_geometry(encoded, kind, tmp_path):
+    expected = _expected(encoded)
+    back = highdicom_readback(getattr(encoded, kind)[0], encoded.case.datasets, expected.shape,
+                              tmp_path)
+    np.testing.assert_array_equal(back, expected)
+
+
+@pytest.mark.parametrize("kind", ["binary", "labelmap"])
+def test_dcmqi_reads_back_exact_labels_and_geometry(encoded, kind, tmp_path):
+    seg = getattr(encoded, kind)[0]
+    if seg.file_meta.TransferSyntaxUID.name.startswith("JPEG-LS"):
+        pytest.skip("dcmqi 1.5.7 cannot decompress JPEG-LS SEG frames")
+    expected = _expected(encoded)
+    back = dcmqi_readback(seg, encoded.case.datasets, expected.shape, tmp_path)
+    np.testing.assert_array_equal(back, expected)
 
 
 @pytest.mark.parametrize("kind", ["binary", "labelmap"])
