@@ -10,12 +10,15 @@ tilt of a lordotic level shortens nothing but lengthens heights by 1/cos(tilt).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
 from .geometry import AP, LR, SI, Grid, voxel_indices
+
+#: A measured line: its (lower, upper) end points, patient LPS mm.
+Line = tuple[tuple[float, float, float], tuple[float, float, float]]
 
 #: Fraction of the body's depth between its anterior/posterior border and the point where
 #: the anterior/posterior height is taken (keeps cortex partial volume and osteophytes out).
@@ -42,6 +45,9 @@ class BodyHeights:
     anterior_mm: float
     middle_mm: float
     posterior_mm: float
+    #: Where each height was taken (anterior, middle, posterior): a vertical line in the
+    #: mid-sagittal slab, as long as the height. Not part of equality (the values are).
+    lines: tuple[Line, Line, Line] | None = field(default=None, compare=False)
 
     @property
     def height_loss_ratio(self) -> float:
@@ -68,38 +74,53 @@ def region_statistics(
     return RegionStatistics(n, n * grid.voxel_volume_mm3 / 1000.0, (x, y, z), mean, sd)
 
 
-def _column_height(points: np.ndarray, grid: Grid, ap_position: float) -> float:
-    """Cranio-caudal extent of the points within half a voxel of ``ap_position``."""
+def _column(points: np.ndarray, grid: Grid, ap_position: float, lr_position: float
+            ) -> tuple[float, Line]:
+    """Cranio-caudal extent of the points within half a voxel of ``ap_position``, and that
+    extent as a vertical line at (``lr_position``, the column's AP position)."""
     half = max(grid.extent_along(AP) / 2, 1e-6)
     ap = points @ AP
     # The tolerance keeps a column exactly half a voxel away in, whatever the rounding.
     near = np.abs(ap - ap_position) <= half * (1 + 1e-9) + 1e-9
+    at = ap_position
     if not near.any():  # nearest occupied column when the exact one is empty
         near = np.abs(ap - ap_position) <= np.abs(ap - ap_position).min() + 1e-6
+        at = float(np.median(ap[near]))
     z = points[near] @ SI
-    return float(z.max() - z.min() + grid.extent_along(SI))
+    extent = grid.extent_along(SI)
+    low, high = float(z.min() - extent / 2), float(z.max() + extent / 2)
+    x, y = float(lr_position), float(at)
+    return high - low, ((x, y, low), (x, y, high))
 
 
-def _mid_sagittal(points: np.ndarray, grid: Grid) -> np.ndarray:
-    """Points of the sagittal slab (1 voxel or ±1 mm wide) through the structure's centre."""
+def _column_height(points: np.ndarray, grid: Grid, ap_position: float) -> float:
+    """Cranio-caudal extent of the points within half a voxel of ``ap_position``."""
+    return _column(points, grid, ap_position, 0.0)[0]
+
+
+def _mid_sagittal(points: np.ndarray, grid: Grid) -> tuple[np.ndarray, float]:
+    """Points of the sagittal slab (1 voxel or ±1 mm wide) through the structure's centre,
+    and the slab's LR position (a voxel centre)."""
     lr = points @ LR
     half = max(grid.extent_along(LR) / 2, 1.0)
     # Centre the slab on the voxel nearest the median, not on the median itself: with an even
     # count, or a mask in two parts, the median can fall between voxels and leave the slab
     # empty. The tolerance keeps columns exactly half a voxel away despite rounding.
+    if len(lr) == 0:
+        return points, 0.0
     median = np.median(lr)
-    centre = lr[np.argmin(np.abs(lr - median))]
+    centre = float(lr[np.argmin(np.abs(lr - median))])
     slab: np.ndarray = points[np.abs(lr - centre) <= half * (1 + 1e-9) + 1e-9]
-    return slab
+    return slab, centre
 
 
 def body_heights(mask: np.ndarray, grid: Grid) -> BodyHeights:
-    """Anterior / middle / posterior heights of a vertebral body mask.
+    """Anterior / middle / posterior heights of a vertebral body mask, with their lines.
 
     Taken in the mid-sagittal slab at ``EDGE_INSET`` of the depth from the anterior and
     posterior borders and at mid-depth.
     """
-    pts = _mid_sagittal(grid.points(mask), grid)
+    pts, lr = _mid_sagittal(grid.points(mask), grid)
     if len(pts) == 0:
         raise ValueError("empty mask: no heights")
     ap = pts @ AP
@@ -107,16 +128,16 @@ def body_heights(mask: np.ndarray, grid: Grid) -> BodyHeights:
     front, back = ap.min() - half, ap.max() + half  # outer borders of the outermost voxels
     depth = back - front
     # LPS +y is posterior, so the anterior border is the smallest y.
-    return BodyHeights(
-        anterior_mm=_column_height(pts, grid, front + EDGE_INSET * depth),
-        middle_mm=_column_height(pts, grid, front + 0.5 * depth),
-        posterior_mm=_column_height(pts, grid, back - EDGE_INSET * depth),
-    )
+    (anterior, a_line), (middle, m_line), (posterior, p_line) = (
+        _column(pts, grid, at, lr) for at in
+        (front + EDGE_INSET * depth, front + 0.5 * depth, back - EDGE_INSET * depth))
+    return BodyHeights(anterior_mm=anterior, middle_mm=middle, posterior_mm=posterior,
+                       lines=(a_line, m_line, p_line))
 
 
 def disc_height(mask: np.ndarray, grid: Grid) -> float:
     """Height of an intervertebral disc at its mid-depth in the mid-sagittal slab (mm)."""
-    pts = _mid_sagittal(grid.points(mask), grid)
+    pts, _ = _mid_sagittal(grid.points(mask), grid)
     if len(pts) == 0:
         raise ValueError("empty mask: no disc height")
     ap = pts @ AP

@@ -1,22 +1,37 @@
 """Findings + SEG → TID 1500 Measurement Report in a Comprehensive 3D SR (highdicom).
 
-One TID 1411 Volumetric ROI group per segment, referencing that SEG segment and carrying:
-volume (SCT 118565006, mL), mean and SD of intensity (DCM 112031 Attenuation Coefficient in
-HU on CT, DCM 110852 MR signal intensity otherwise, derivation SCT 373098007 Mean /
-386136009 Standard Deviation), centroid (DCM 110901-110903 Image Position (Patient) X/Y/Z
-with method DCM 128138 Center of Mass). Spine measurements sit in the group of the structure
-they describe: body heights (DCM 121207 Height, finding site vertebral body with modifier
-Anterior / Central / Posterior) and height loss ratio (99DCMNODE HLR); disc height; the L1
-trabecular attenuation (method 99DCMNODE TRAB); the L3 centre (99DCMNODE L3POS, referencing
-the nearest source image); per level the canal's minimum area (SCT 42798000 Area, derivation
-SCT 255605001 Minimum, finding site = level).
+Per segment, in this order (OHIF 3.13.2's reading of each is in ``OHIF.md``):
 
-Every group has a Tracking Identifier (the SEG segment's Tracking UID) and the report an
-Image Library, both of which OHIF dereferences. The library (TID 1600) describes the images
-the report's content items reference: the L3 image and the first source image (so that it is
-never empty; segments reference their source series, not images). Listing every source image
-made the report ~5000 content items for a 300-slice CT and its build 15× slower; the full list
-of source images is in the evidence (Current Requested Procedure Evidence Sequence).
+1. TID 1410 "<label> centroid": a POINT (SCOORD) at the structure's centroid on the source
+   image nearest to it, carrying what a reader wants next to the level: volume, mean
+   intensity and, for vertebral bodies, the anterior / middle / posterior heights (discs:
+   the disc height). OHIF's SR viewport draws it with those numbers as its text.
+2. For vertebral bodies, TID 1501 "<label> heights": the three Heights, each inferred
+   from its line (TID 300 INFERRED FROM a POLYLINE of 2 points): SCOORDs on the image whose
+   slab holds the three lines (sagittal series), else SCOORD3Ds in the frame of reference
+   (axial series). OHIF draws the three lines as one annotation, their values beside them.
+3. TID 1410 "<label>": a POINT (SCOORD3D) at the exact centroid, no measurements. It has the
+   SEG segment's Tracking UID, which it shares with 4., so that a viewer that merges groups
+   by Tracking UID (OHIF) finds a graphic for the segment's measurements; without one, OHIF
+   throws while loading the report and shows none of it.
+4. TID 1411 Volumetric ROI group, referencing that SEG segment and carrying: volume (SCT
+   118565006, mL), mean and SD of intensity (DCM 112031 Attenuation Coefficient in HU on CT,
+   DCM 110852 MR signal intensity otherwise, derivation SCT 373098007 Mean / 386136009
+   Standard Deviation), centroid (DCM 110901-110903 Image Position (Patient) X/Y/Z with
+   method DCM 128138 Center of Mass). Spine measurements sit in the group of the structure
+   they describe: body heights (DCM 121207 Height, finding site vertebral body with modifier
+   Anterior / Central / Posterior) and height loss ratio (99DCMNODE HLR); disc height; the L1
+   trabecular attenuation (method 99DCMNODE TRAB); the L3 centre (99DCMNODE L3POS,
+   referencing the nearest source image); per level the canal's minimum area (SCT 42798000
+   Area, derivation SCT 255605001 Minimum, finding site = level).
+
+The values in 1. and 2. repeat those of 4. Every group has a Tracking Identifier and UID
+(deterministic: derived from the source series, pipeline and structure like the SEG's) and
+the report an Image Library, both of which OHIF dereferences. The library (TID 1600)
+describes the images the report's content items reference: those of the SCOORDs and the L3
+image, and the first source image (so that it is never empty). Listing every source image
+made the report ~5000 content items for a 300-slice CT and its build 15× slower; the full
+list of source images is in the evidence (Current Requested Procedure Evidence Sequence).
 """
 
 from __future__ import annotations
@@ -43,6 +58,7 @@ from ..results.metadata import PipelineMetadata
 from ..seg.writer import tracking_uid
 from ..vocabulary import Structure, declare_scheme, level_code, private_code
 from ..vocabulary.table import VERTEBRAL_BODY
+from .placement import Frames, lines, point_in_space, point_on_image
 
 MILLILITER = Code("mL", "UCUM", "milliliter")
 MILLIMETER = codes.UCUM.Millimeter
@@ -50,6 +66,8 @@ SQUARE_MILLIMETER = codes.UCUM.SquareMillimeter
 HOUNSFIELD = codes.UCUM.HounsfieldUnit
 ARBITRARY = codes.UCUM.ArbitraryUnit
 RATIO = codes.UCUM.Ratio
+#: Where the body heights are taken (anterior, middle, posterior): finding site modifiers.
+HEIGHT_SITES = (codes.SCT.Anterior, codes.SCT.Central, codes.SCT.Posterior)
 
 
 def _library_entry(ds: Dataset) -> Dataset:
@@ -110,38 +128,71 @@ def _referenced_segment(seg: Dataset, number: int, source: Dataset) -> hd.sr.Ref
     )
 
 
+def _num(name: Code, value: float, unit: Code, algorithm: hd.sr.AlgorithmIdentification,
+         **kw: Any) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=round(float(value), 4), unit=unit,
+                             algorithm_id=algorithm, **kw)
+
+
+def _volume_and_mean(key: tuple[str, str], findings: Findings,
+                     algorithm: hd.sr.AlgorithmIdentification, sd: bool = True
+                     ) -> list[hd.sr.Measurement]:
+    """Volume, mean intensity and (``sd``) its standard deviation."""
+    st = findings.statistics[key]
+    out = [_num(codes.SCT.Volume, st.volume_ml, MILLILITER, algorithm)]
+    if st.mean is not None and st.sd is not None:
+        name, unit = ((codes.DCM.AttenuationCoefficient, HOUNSFIELD) if findings.intensity_is_hu
+                      else (codes.DCM.MRSignalIntensity, ARBITRARY))
+        out.append(_num(name, st.mean, unit, algorithm, derivation=codes.SCT.Mean))
+        if sd:
+            out.append(_num(name, st.sd, unit, algorithm, derivation=codes.SCT.StandardDeviation))
+    return out
+
+
+def _body_height(where: Code, value: float, algorithm: hd.sr.AlgorithmIdentification,
+                 **kw: Any) -> hd.sr.Measurement:
+    site = hd.sr.FindingSite(VERTEBRAL_BODY, topographical_modifier=where)
+    return _num(codes.DCM.Height, value, MILLIMETER, algorithm, finding_sites=[site], **kw)
+
+
+def _heights(key: tuple[str, str], s: Structure, findings: Findings,
+             algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement]:
+    """The body heights (anterior, middle, posterior), or the disc height, of ``key``."""
+    out = []
+    if key in findings.heights:
+        h = findings.heights[key]
+        for where, value in zip(HEIGHT_SITES, (h.anterior_mm, h.middle_mm, h.posterior_mm),
+                                strict=True):
+            out.append(_body_height(where, value, algorithm))
+    if key in findings.disc_heights:
+        out.append(_num(codes.DCM.Height, findings.disc_heights[key], MILLIMETER, algorithm,
+                        finding_sites=[hd.sr.FindingSite(
+                            s.type, topographical_modifier=codes.SCT.Central)]))
+    return out
+
+
 def _measurements(
     layer: str, s: Structure, findings: Findings,
     frame_refs: Sequence[tuple[Dataset, int | None]],
     algorithm: hd.sr.AlgorithmIdentification,
 ) -> list[hd.sr.Measurement]:
+    """The TID 1411 group's measurements."""
     key = (layer, s.key)
     st = findings.statistics[key]
 
     def num(name: Code, value: float, unit: Code, **kw: Any) -> hd.sr.Measurement:
-        return hd.sr.Measurement(name=name, value=round(float(value), 4), unit=unit,
-                                 algorithm_id=algorithm, **kw)
+        return _num(name, value, unit, algorithm, **kw)
 
-    out = [num(codes.SCT.Volume, st.volume_ml, MILLILITER)]
-    if st.mean is not None and st.sd is not None:
-        name, unit = ((codes.DCM.AttenuationCoefficient, HOUNSFIELD) if findings.intensity_is_hu
-                      else (codes.DCM.MRSignalIntensity, ARBITRARY))
-        out.append(num(name, st.mean, unit, derivation=codes.SCT.Mean))
-        out.append(num(name, st.sd, unit, derivation=codes.SCT.StandardDeviation))
+    out = _volume_and_mean(key, findings, algorithm)
     for axis, value in zip(("X", "Y", "Z"), st.centroid, strict=True):
         out.append(num(getattr(codes.DCM, f"ImagePositionPatient{axis}"), value, MILLIMETER,
                        method=codes.DCM.CenterOfMass))
+    heights = _heights(key, s, findings, algorithm)
     if key in findings.heights:
-        h = findings.heights[key]
-        for where, value in ((codes.SCT.Anterior, h.anterior_mm), (codes.SCT.Central, h.middle_mm),
-                             (codes.SCT.Posterior, h.posterior_mm)):
-            site = hd.sr.FindingSite(VERTEBRAL_BODY, topographical_modifier=where)
-            out.append(num(codes.DCM.Height, value, MILLIMETER, finding_sites=[site]))
-        out.append(num(private_code("HLR"), h.height_loss_ratio, RATIO))
-    if key in findings.disc_heights:
-        out.append(num(codes.DCM.Height, findings.disc_heights[key], MILLIMETER,
-                       finding_sites=[hd.sr.FindingSite(
-                           s.type, topographical_modifier=codes.SCT.Central)]))
+        out.extend(heights[:3])
+        out.append(num(private_code("HLR"), findings.heights[key].height_loss_ratio, RATIO))
+        heights = heights[3:]
+    out.extend(heights)  # the disc height
     if findings.trabecular_l1 and findings.trabecular_l1[:2] == key:
         out.append(num(codes.DCM.AttenuationCoefficient, findings.trabecular_l1[2], HOUNSFIELD,
                        derivation=codes.SCT.Mean, method=private_code("TRAB")))
@@ -156,6 +207,59 @@ def _measurements(
             out.append(num(codes.SCT.Area, area, SQUARE_MILLIMETER, derivation=codes.SCT.Minimum,
                            finding_sites=[hd.sr.FindingSite(level_code(level))]))
     return out
+
+
+def _structure_groups(
+    layer: str, seg: Dataset, number: int, s: Structure, findings: Findings,
+    frames: Frames, frame_refs: Sequence[tuple[Dataset, int | None]],
+    source: Dataset, pipeline: PipelineMetadata, algorithm: hd.sr.AlgorithmIdentification,
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+          | hd.sr.MeasurementsAndQualitativeEvaluations
+          | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    """The groups of one segment, in the order of the module docstring."""
+    key = (layer, s.key)
+    centroid = findings.statistics[key].centroid
+    frame_of_reference = str(source.FrameOfReferenceUID)
+    sites = [hd.sr.FindingSite(s.anatomic_region)] if s.anatomic_region else None
+    about: dict[str, Any] = dict(finding_type=s.type, finding_category=s.category,
+                                 finding_sites=sites, algorithm_id=algorithm)
+
+    def tracking(*what: str) -> hd.sr.TrackingIdentifier:
+        if not what:  # the SEG segment's own
+            return hd.sr.TrackingIdentifier(uid=tracking_uid(source, pipeline, layer, s.key),
+                                            identifier=s.label)
+        return hd.sr.TrackingIdentifier(
+            uid=derived_uid(source, pipeline, "track", layer, s.key, *what),
+            identifier=" ".join((s.label, *what)))
+
+    shown = _volume_and_mean(key, findings, algorithm, sd=False) + \
+        _heights(key, s, findings, algorithm)
+    groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+                 | hd.sr.MeasurementsAndQualitativeEvaluations
+                 | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = [
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking("centroid"),
+            referenced_region=point_on_image(frames, centroid),
+            geometric_purpose=codes.DCM.CenterOfMass, measurements=shown, **about)]
+    h = findings.heights.get(key)
+    if h is not None and h.lines is not None:
+        drawn = lines(frames, h.lines, frame_of_reference)
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking("heights"),
+            measurements=[_body_height(where, value, algorithm, referenced_coordinates=[coords])
+                          for where, value, coords in zip(
+                              HEIGHT_SITES, (h.anterior_mm, h.middle_mm, h.posterior_mm), drawn,
+                              strict=True)],
+            **about))
+    groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking(),
+        referenced_region=point_in_space(centroid, frame_of_reference),
+        geometric_purpose=codes.DCM.CenterOfMass, **about))
+    groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking(),
+        referenced_segment=_referenced_segment(seg, number, source),
+        measurements=_measurements(layer, s, findings, frame_refs, algorithm), **about))
+    return groups
 
 
 def build_report(
@@ -180,19 +284,12 @@ def build_report(
     source = source_images[0]
     algorithm = hd.sr.AlgorithmIdentification(name=pipeline.pipeline,
                                               version=pipeline.algorithm_version)
+    frames = Frames(frame_refs)
     groups = []
     for layer, seg, structures in segmentations:
         for number, s in enumerate(structures, start=1):
-            groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=tracking_uid(source, pipeline, layer, s.key), identifier=s.label),
-                referenced_segment=_referenced_segment(seg, number, source),
-                finding_type=s.type,
-                finding_category=s.category,
-                finding_sites=[hd.sr.FindingSite(s.anatomic_region)] if s.anatomic_region else None,
-                algorithm_id=algorithm,
-                measurements=_measurements(layer, s, findings, frame_refs, algorithm),
-            ))
+            groups.extend(_structure_groups(layer, seg, number, s, findings, frames, frame_refs,
+                                            source, pipeline, algorithm))
     observer = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,

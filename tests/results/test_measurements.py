@@ -182,3 +182,32 @@ def test_findings_on_bounding_boxes_equal_whole_map_measurements():
                 (expected_h.anterior_mm, expected_h.middle_mm, expected_h.posterior_mm))
         else:
             assert found.disc_heights[("vb", st.key)] == pytest.approx(disc_height(whole, grid))
+
+
+def test_height_lines_are_vertical_segments_where_the_heights_were_taken():
+    """Each height comes with its line: (lower, upper) end points in patient mm, vertical
+    (LPS z), as long as the height, in the mid-sagittal slab at the column it was taken."""
+    grid = Grid.from_spacing((0.5, 0.5, 0.5))
+    # voxel centres from 2 mm; outer borders z 1.75..41.75, y 1.75..31.75, x 1.75..21.75
+    h = body_heights(_box((40, 30, 20)), grid)
+    assert h.lines is not None
+    for (low, high), height, y in zip(h.lines, (h.anterior_mm, h.middle_mm, h.posterior_mm),
+                                      (1.75 + 3, 1.75 + 15, 31.75 - 3), strict=True):
+        assert low[2] == pytest.approx(1.75) and high[2] == pytest.approx(41.75)
+        assert high[2] - low[2] == pytest.approx(height)
+        assert low[:2] == pytest.approx(high[:2])  # vertical
+        assert low[1] == pytest.approx(y)  # 10 % of the depth in from the front / back
+        assert low[0] in (pytest.approx(11.5), pytest.approx(12.0))  # voxel column mid-width
+
+
+def test_wedge_height_lines_follow_the_wedge():
+    sp = 0.5
+    grid = Grid.from_spacing((sp, sp, sp))
+    mask = np.zeros((54, 64, 44), bool)
+    for j in range(60):
+        mask[2:2 + round((15 + 10 * (j + 0.5) * sp / 30) / sp), 2 + j, 2:42] = True
+    h = body_heights(mask, grid)
+    assert h.lines is not None
+    lengths = [high[2] - low[2] for low, high in h.lines]
+    assert lengths == pytest.approx([h.anterior_mm, h.middle_mm, h.posterior_mm])
+    assert all(low[2] == pytest.approx(0.75) for low, _ in h.lines)  # flat lower endplate
