@@ -98,16 +98,22 @@ def run_ours(sources: Path, out: Path, labels_path: Path, seg_type: str) -> None
     seg.save_as(out)
 
 
-def dcmqi_inputs(folder: Path, sources: Path) -> tuple[Path, Path]:
-    """NRRD label map and metadata JSON for itkimage2segimage, from the same labels."""
+def dcmqi_inputs(folder: Path, sources: Path, labels=None, mapping=None,
+                 spacing: tuple[float, float, float] = SPACING) -> tuple[Path, Path]:
+    """NRRD label map and metadata JSON for itkimage2segimage, from the same labels
+    (default: :func:`label_map` on the benchmark's grid; ``spacing`` slice, row, column mm;
+    ``labels[0]`` is the source image lowest along the slice normal)."""
     import numpy as np
     import pydicom
     import SimpleITK as sitk
 
-    labels, mapping = label_map()
-    first = pydicom.dcmread(sorted(sources.iterdir())[0], stop_before_pixels=True)
+    if labels is None:
+        labels, mapping = label_map()
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sources.iterdir()]
+    normal = np.cross(*np.reshape(headers[0].ImageOrientationPatient, (2, 3)))
+    first = min(headers, key=lambda d: float(normal @ np.asarray(d.ImagePositionPatient, float)))
     img = sitk.GetImageFromArray(labels)
-    img.SetSpacing((SPACING[2], SPACING[1], SPACING[0]))
+    img.SetSpacing((spacing[2], spacing[1], spacing[0]))
     img.SetOrigin([float(v) for v in first.ImagePositionPatient])
     iop = np.asarray(first.ImageOrientationPatient, float)
     img.SetDirection(tuple(np.column_stack([iop[:3], iop[3:], np.cross(iop[:3], iop[3:])]).ravel()))

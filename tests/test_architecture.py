@@ -24,6 +24,8 @@ FLOORS: list[tuple[str, ...]] = [
     ("dicomnode.models.registry",),
     ("dicomnode.config",),
     ("dicomnode.logs", "dicomnode.storage", "dicomnode.grouping"),
+    # the local Orthanc + OHIF stack: configuration files and processes, no node state
+    ("dicomnode.viewer",),
     ("dicomnode.store",),
     # the stages at the edges and the model pipelines
     ("dicomnode.receiver", "dicomnode.assembler", "dicomnode.models", "dicomnode.dispatcher",

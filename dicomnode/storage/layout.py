@@ -10,6 +10,7 @@
             .conflicts/         different objects sent under a held SOP Instance UID
         jobs/<id:08d>/          one job's results (SEG, SR, preview, labels.nii.gz, result.json)
         jobs/<id:08d>.partial/  results being written (renamed into place when complete)
+        viewer/                 the local Orthanc + OHIF stack (dicomnode viewer), if used
 
 Model weights live in ``models.path`` (by default ``var/models`` beside the storage folder),
 which :class:`~dicomnode.models.registry.ModelStore` owns.
@@ -26,6 +27,7 @@ LOCK_FILE = "dicomnode.lock"
 DATABASE_FILE = "dicomnode.sqlite3"
 SPOOL = "spool"
 JOBS = "jobs"
+VIEWER = "viewer"
 #: Folders inside the spool.
 INCOMING = ".incoming"
 QUARANTINE = ".quarantine"
@@ -65,6 +67,10 @@ class StorageLayout:
     @property
     def jobs(self) -> Path:
         return self.root / JOBS
+
+    @property
+    def viewer(self) -> Path:
+        return self.root / VIEWER
 
     def results(self, job_id: int) -> Path:
         """The results folder of a job."""
