@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dicomnode.viewer import orthanc_config
+
 ORTHANC = shutil.which("Orthanc")
-DICOMWEB_PLUGIN_DIRS = [Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc")]
 
 
 def free_port() -> int:
@@ -41,18 +42,12 @@ class Orthanc:
     def __post_init__(self) -> None:
         self.dicom_port = self.dicom_port or free_port()
         self.http_port = self.http_port or free_port()
-        plugins = [str(d) for d in DICOMWEB_PLUGIN_DIRS if (d / "libOrthancDicomWeb.so").exists()]
-        config = {
-            "Name": "dicomnode-test", "StorageDirectory": str(self.folder / "db"),
-            "IndexDirectory": str(self.folder / "db"), "DicomAet": self.ae_title,
-            "DicomPort": self.dicom_port, "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": True, "UnknownSopClassAccepted": True,
-            "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
-            "Plugins": plugins[:1], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "HttpServerEnabled": True, "StableAge": 1,
-            "DicomModalities": {name: list(peer) for name, peer in self.modalities.items()},
-        }
+        # the viewer stack's configuration (one definition of how Orthanc is run), on this
+        # test's folder and ports, with the peers it may send to
+        config = orthanc_config(storage=self.folder / "db", dicom_port=self.dicom_port,
+                                http_port=self.http_port, ae_title=self.ae_title)
+        config["Name"] = "dicomnode-test"
+        config["DicomModalities"] = {name: list(peer) for name, peer in self.modalities.items()}
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "orthanc.json").write_text(json.dumps(config))
 
