@@ -21,7 +21,7 @@ from ..results.identity import (
 )
 from ..results.metadata import EncodeOptions, PipelineMetadata
 from ..vocabulary import LabelMapping, Structure, declare_scheme
-from .framing import finish, plan_frames, poked
+from .framing import finish, holding_frames, misaligned_frames, plan_frames, poked
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,8 @@ def build_segmentation(
         options.labelmap_compression]
     kind = f"SEG {mapping.name}" + (" labelmap" if seg_type == "LABELMAP" else "")
     binary = seg_type == "BINARY"
-    # frames chosen so that native Pixel Data needs no pad byte (OHIF 3.13.2): framing.py
+    # frames chosen and ordered so that native Pixel Data needs no pad byte and every BINARY
+    # frame holding pixels starts on a byte (OHIF 3.13.2): framing.py
     plan = plan_frames(pixels, len(structures), binary, options.omit_empty_frames,
                        syntax.is_encapsulated)
     seg = hd.seg.Segmentation(
@@ -221,6 +222,15 @@ def build_segmentation(
         logger.warning("SEG %s: no empty (segment, source frame) frame can be added or left "
                        "out, so its %d-byte bit-packed Pixel Data keeps the pad byte, which "
                        "OHIF 3.13.2 rejects", seg.SOPInstanceUID, len(seg.PixelData) - 1)
+    missing = misaligned_frames(seg) if plan.misaligned else []
+    if missing:
+        # framing.py: too few empty pairs for the fillers (dense segmentations)
+        logger.warning("SEG %s: Rows × Columns = %d is not a multiple of 8 and there are too "
+                       "few empty (segment, source frame) frames to put between the %d frames "
+                       "that hold segment pixels, so %d of them start inside a byte, which "
+                       "OHIF 3.13.2 (cornerstone's dicom-image-loader) draws empty",
+                       seg.SOPInstanceUID, seg.Rows * seg.Columns,
+                       len(holding_frames(seg)), len(missing))
     if not binary:
         _background_last(seg)
     declare_scheme(seg)
