@@ -1,8 +1,9 @@
 """OHIF: seconds from opening the viewer to the first image and to the SEG drawn, our SEG vs
 dcmqi's ``itkimage2segimage`` SEG of the same label map, in one run.
 
-The input: the 334-slice CT (``benchmarks/load_series.py``'s aorta CT at 0.9 mm, 376 × 454) in
-a local viewer stack (Orthanc + OHIF behind nginx, as ``dicomnode viewer start`` runs it, on
+The input: the aorta CT of ``benchmarks/load_series.py`` resampled to 334 axial slices of
+454 rows × 376 columns (a matrix both writers' 1-bit frames fill whole bytes on) in a local
+viewer stack (Orthanc + OHIF behind nginx, as ``dicomnode viewer start`` runs it, on
 free ports), and a spine-like label map on it (bone above 250 HU in the spine's box, cut into
 vertebra slabs of 30 mm). Both SEGs are BINARY without empty frames, in the same study. Each
 measurement is a fresh browser page (Debian's Chromium, software WebGL): navigate to the study,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,13 +32,32 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.encode_seg import PIPELINE_ARGS, dcmqi_inputs  # noqa: E402
-from benchmarks.load_series import write_series  # noqa: E402
+from benchmarks.load_series import NIFTI  # noqa: E402
 from benchmarks.report import report  # noqa: E402
 
-SLICE_MM = 0.9
+SIZE = (376, 454, 334)  # columns, rows, slices
 
 
-def spine_labels(datasets):  # type: ignore[no-untyped-def]
+def write_ct(folder: Path) -> None:
+    """The aorta CT resampled onto SIZE over its own extent, as a 12-bit CT series."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from tests import synthetic
+
+    image = sitk.DICOMOrient(sitk.ReadImage(str(NIFTI)), "LPS")
+    spacing = [sp * (n - 1) / (m - 1) for sp, n, m in
+               zip(image.GetSpacing(), image.GetSize(), SIZE, strict=True)]
+    image = sitk.Resample(image, SIZE, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
+                          spacing, image.GetDirection(), -1024.0, sitk.sitkInt16)
+    stored = np.clip(sitk.GetArrayFromImage(image).astype(np.int64) + 1024, 0, 4095)
+    synthetic.write_series(synthetic.single_frame_series(
+        name="viewer_bench_ct", shape=stored.shape, spacing=tuple(spacing),
+        direction=np.asarray(image.GetDirection()).reshape(3, 3), origin=image.GetOrigin(),
+        stored=stored), folder)
+
+
+def spine_labels(datasets, slice_mm: float):  # type: ignore[no-untyped-def]
     """Vertebra slabs (T12, L1, …) of bone > 250 HU in the middle third of the image."""
     import numpy as np
 
@@ -51,7 +72,7 @@ def spine_labels(datasets):  # type: ignore[no-untyped-def]
     bone[box] = hu[box] > 250
     mapping = vertebral_bodies_ct()
     values = sorted(mapping.labels)
-    slab = int(30 / SLICE_MM)
+    slab = int(30 / slice_mm)
     for i, z in enumerate(range(0, nz, slab)):
         labels[z:z + slab][bone[z:z + slab]] = values[i % len(values)]
     return labels, mapping
@@ -81,6 +102,11 @@ def time_page(browser, stack, study: str, description: str, count: int,  # type:
         page.screenshot(description.replace(" ", "_"))
         assert not page.console_errors, page.console_errors
         return first, drawn
+    except Exception:
+        page.screenshot(description.replace(" ", "_") + "-failed")
+        print("console errors:", page.console_errors[:5], "failed requests:",
+              page.failed_requests[:5], file=sys.stderr)
+        raise
     finally:
         page.close()
 
@@ -104,15 +130,17 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="viewer_bench_"))
     sources = work / "ct"
     if not sources.exists():
-        write_series(sources, SLICE_MM)
+        write_ct(sources)
     datasets = [pydicom.dcmread(p) for p in sources.iterdir()]
     normal = np.cross(*np.reshape(datasets[0].ImageOrientationPatient, (2, 3)))
     datasets.sort(key=lambda d: float(normal @ np.asarray(d.ImagePositionPatient, float)))
-    labels, mapping = spine_labels(datasets)
+    slice_mm = float(np.linalg.norm(np.subtract(datasets[1].ImagePositionPatient,
+                                                datasets[0].ImagePositionPatient)))
+    labels, mapping = spine_labels(datasets, slice_mm)
     ours, _ = build_segmentation(datasets, labels, mapping, PipelineMetadata(*PIPELINE_ARGS),
                                  EncodeOptions(segmentation_type="BINARY"))
     ours.SeriesDescription = "ours BINARY"
-    spacing = (SLICE_MM, *(float(v) for v in datasets[0].PixelSpacing))
+    spacing = (slice_mm, *(float(v) for v in datasets[0].PixelSpacing))
     nrrd, meta = dcmqi_inputs(work, sources, labels, mapping, spacing)  # type: ignore[arg-type]
     ref_path = work / "dcmqi.dcm"
     subprocess.run([str(Path(sys.executable).parent / "itkimage2segimage"), "--inputImageList",
@@ -127,6 +155,7 @@ def main() -> None:
     dist = REPO / "var" / "viewer" / "ohif"
     if not (dist / "index.html").exists():
         dist = install_ohif(work / "ohif")
+    shutil.rmtree(work / "stack", ignore_errors=True)  # a kept folder: a fresh Orthanc
     stack = ViewerStack(folder=work / "stack", ohif_dist=dist, viewer_port=free_port(),
                         dicom_port=free_port(), http_port=free_port())
     stack.start()
