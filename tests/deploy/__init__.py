@@ -1,0 +1,1 @@
+"""Checks of deploy/: the systemd units and the compose file."""
