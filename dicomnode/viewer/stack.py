@@ -136,8 +136,11 @@ class ViewerStack:
         # traversable by www-data). Only a root master may switch user.
         user = f"user {_file_owner(dist)};\n" if os.geteuid() == 0 else ""
         upstream = f"http://127.0.0.1:{self.http_port}"
+        # Host: Orthanc writes absolute BulkDataURIs from it; with its own address they would
+        # point the browser at another origin, which Orthanc answers without CORS headers.
         proxy = (f"proxy_pass {upstream}; proxy_http_version 1.1; proxy_buffering off; "
-                 "proxy_read_timeout 300s; client_max_body_size 0;")
+                 "proxy_set_header Host $http_host; proxy_read_timeout 300s; "
+                 "client_max_body_size 0;")
         return f"""# Written by `dicomnode viewer configure`; edits are overwritten.
 {user}worker_processes 2;
 pid {folder}/nginx.pid;
@@ -146,7 +149,6 @@ daemon off;
 events {{ worker_connections 256; }}
 http {{
   include /etc/nginx/mime.types;
-  types {{ application/wasm wasm; }}
   access_log {folder}/nginx-access.log;
   client_body_temp_path {folder}/nginx-tmp/body;
   proxy_temp_path {folder}/nginx-tmp/proxy;

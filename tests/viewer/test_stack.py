@@ -3,6 +3,7 @@ stopped through the CLI on free ports; what it serves; what it refuses."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from dicomnode.viewer import app_config_js
+from tests import synthetic
 from tests.dcmtk import ECHOSCU
 from tests.orthanc import free_port
 
@@ -56,8 +58,22 @@ def test_start_serves_ohif_and_plays_the_pacs_destination(tmp_path: Path,
         assert b"<!doctype html>" in _get(f"http://127.0.0.1:{web}/")[1].lower()
         assert b"<!doctype html>" in _get(f"http://127.0.0.1:{web}/viewer?x=1")[1].lower()
         assert _get(f"http://127.0.0.1:{web}/app-config.js")[1].decode() == app_config_js()
-        # Orthanc's DICOMweb through the same origin
+        # Orthanc's DICOMweb through the same origin, bulk data links included (Orthanc
+        # writes them from the Host header: its own address would be another origin)
         assert json.loads(_get(f"http://127.0.0.1:{web}/dicom-web/studies")[1]) == []
+        ds = synthetic.axial_ct().datasets[0]
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        request = urllib.request.Request(f"http://127.0.0.1:{rest}/instances",
+                                         data=buffer.getvalue(), method="POST")
+        urllib.request.urlopen(request, timeout=30).read()
+        metadata = json.loads(_get(
+            f"http://127.0.0.1:{web}/dicom-web/studies/{ds.StudyInstanceUID}/series/"
+            f"{ds.SeriesInstanceUID}/metadata")[1])
+        links = [v["BulkDataURI"] for item in metadata for v in item.values()
+                 if isinstance(v, dict) and "BulkDataURI" in v]
+        assert links and all(link.startswith(f"http://127.0.0.1:{web}/dicom-web/")
+                             for link in links), links
         # the destination's AE title and port answer C-ECHO
         echo = subprocess.run([ECHOSCU, "-aec", "LOCALPACS", "127.0.0.1", str(dicom_port)],
                               capture_output=True, text=True, timeout=30)
