@@ -31,7 +31,10 @@ if command -v apt-get >/dev/null 2>&1; then
   # throw-away cluster of; nginx + npm: the local OHIF viewer (served by nginx, fetched by npm);
   # chromium: the browser the viewer tests drive; systemd: systemd-analyze for the unit tests.
   $SUDO apt-get install -y -qq --no-install-recommends dcmtk orthanc orthanc-dicomweb \
-    postgresql nginx npm chromium systemd >/dev/null
+    postgresql nginx chromium systemd >/dev/null
+  # Debian's npm conflicts with a Node.js from elsewhere (NodeSource ships its own npm).
+  command -v npm >/dev/null 2>&1 || $SUDO apt-get install -y -qq --no-install-recommends npm \
+    >/dev/null
   # The packages start a system Orthanc on 4242/8042 and a PostgreSQL cluster on 5432. The viewer
   # stack runs its own Orthanc (its own storage, under var/viewer) on 4242/8042 and the tests
   # start their own servers on free ports, so those two are stopped (and the system Orthanc kept
