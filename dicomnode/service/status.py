@@ -16,7 +16,7 @@ The JSON shape (``dicomnode status --json``)::
       "instances": <number of instances held>,
       "associations": {"total", "by_outcome": {outcome: n}, "recent": [{"id", "calling_ae_title",
                        "called_ae_title", "address", "started_at", "ended_at", "outcome",
-                       "reason", "instances_stored", "duplicates", "failures"}]},
+                       "reason", "detail", "instances_stored", "duplicates", "failures"}]},
       "rejections": {"total", "by_kind": {kind: n}, "recent": [{"received_at",
                      "sop_instance_uid", "sop_class_uid", "kind", "status", "message",
                      "kept"}]},
@@ -35,17 +35,14 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from dicomnode.storage import StorageLayout
-from dicomnode.store import (
-    Association,
-    AssociationOutcome,
-    Delivery,
-    DestinationHealth,
-    Instance,
-    Job,
-    Rejection,
-    Series,
+from dicomnode.store import AssociationOutcome, DestinationHealth, Instance, Job, Series
+from dicomnode.store.views import (
+    associations_json,
+    destination_json,
+    jobs_json,
+    rejections_json,
+    series_json,
 )
-from dicomnode.store.views import iso as _time, job_json
 
 #: How many recent associations and rejections are listed.
 RECENT = 20
@@ -65,62 +62,21 @@ def _folder_usage(folder: Path | None) -> dict[str, int]:
 
 def collect_status(engine: Engine, layout: StorageLayout | None = None) -> dict[str, Any]:
     """Everything ``dicomnode status`` shows, as plain JSON-able data; ``layout`` adds what
-    the spool's quarantine and conflict folders hold."""
+    the spool's quarantine and conflict folders hold. Each object's JSON is the one of
+    :mod:`dicomnode.store.views`, which the console's API serves too."""
 
     with Session(engine) as session:
         series = session.scalars(select(Series).order_by(Series.first_received_at)).all()
         jobs = session.scalars(select(Job).order_by(Job.id)).all()
-        deliveries: dict[int, list[Delivery]] = {}
-        for delivery in session.scalars(select(Delivery).order_by(Delivery.id)).all():
-            deliveries.setdefault(delivery.job_id, []).append(delivery)
         health = session.scalars(select(DestinationHealth)).all()
         instances = session.scalar(select(func.count()).select_from(Instance)) or 0
-        assoc_counts = dict(session.execute(
-            select(Association.outcome, func.count()).group_by(Association.outcome)).all())
-        recent_assocs = session.scalars(
-            select(Association).order_by(Association.id.desc()).limit(RECENT)).all()
-        reject_counts = dict(session.execute(
-            select(Rejection.kind, func.count()).group_by(Rejection.kind)).all())
-        recent_rejects = session.scalars(
-            select(Rejection).order_by(Rejection.id.desc()).limit(RECENT)).all()
         return {
-            "series": [{
-                "series_instance_uid": s.series_instance_uid,
-                "study_instance_uid": s.study.study_instance_uid,
-                "uid_synthesized": s.uid_synthesized,
-                "modality": s.modality, "series_description": s.series_description,
-                "series_number": s.series_number, "is_image": s.is_image,
-                "instances": s.instance_count, "state": s.state.value, "revision": s.revision,
-                "first_received_at": _time(s.first_received_at),
-                "last_received_at": _time(s.last_received_at),
-                "completed_at": _time(s.completed_at),
-            } for s in series],
-            "jobs": [job_json(j, deliveries.get(j.id, [])) for j in jobs],
-            "destinations": [{
-                "name": h.destination, "reachable": h.reachable, "detail": h.detail,
-                "checked_at": _time(h.checked_at),
-            } for h in health],
+            "series": [series_json(s) for s in series],
+            "jobs": jobs_json(session, jobs),
+            "destinations": [destination_json(h.destination, h) for h in health],
             "instances": instances,
-            "associations": {
-                "total": sum(assoc_counts.values()), "by_outcome": assoc_counts,
-                "recent": [{
-                    "id": a.id, "calling_ae_title": a.calling_ae_title,
-                    "called_ae_title": a.called_ae_title, "address": a.address,
-                    "started_at": _time(a.started_at), "ended_at": _time(a.ended_at),
-                    "outcome": a.outcome.value, "reason": a.reason, "detail": a.detail,
-                    "instances_stored": a.instances_stored, "duplicates": a.duplicates,
-                    "failures": a.failures,
-                } for a in recent_assocs],
-            },
-            "rejections": {
-                "total": sum(reject_counts.values()), "by_kind": reject_counts,
-                "recent": [{
-                    "received_at": _time(r.received_at), "sop_instance_uid": r.sop_instance_uid,
-                    "sop_class_uid": r.sop_class_uid, "kind": r.kind,
-                    "status": f"0x{r.status:04X}", "message": r.message,
-                    "kept": r.quarantine_path,
-                } for r in recent_rejects],
-            },
+            "associations": associations_json(session, RECENT),
+            "rejections": rejections_json(session, RECENT),
             "quarantine": _folder_usage(layout.quarantine if layout else None),
             "conflicts": _folder_usage(layout.conflicts if layout else None),
         }

@@ -1,5 +1,5 @@
-"""The index database: studies, series, instances, association audit, rejections, and the job
-record (jobs, deliveries, destination health) with its states."""
+"""The index database: studies, series, instances, association audit, rejections, operator
+actions, and the job record (jobs, deliveries, destination health) with its states."""
 
 from dicomnode.store.database import (
     DatabaseError,
@@ -28,6 +28,7 @@ from dicomnode.store.models import (
     AssociationOutcome,
     Base,
     Instance,
+    OperatorAction,
     Rejection,
     Series,
     SeriesState,
@@ -40,7 +41,8 @@ __all__ = [
     "CANCELLABLE_STATES", "FINISHED_STATES", "RETRYABLE_STATES", "RUNNING_STATES",
     "WAITING_STATES", "Association", "AssociationOutcome", "Base", "DatabaseError", "Delivery",
     "DeliveryState", "DestinationHealth", "HeldInstance", "IndexOutcome", "Instance",
-    "InstanceIndex", "InstanceRecord", "Job", "JobError", "JobState", "Rejection", "Series",
+    "InstanceIndex", "InstanceRecord", "Job", "JobError", "JobState", "OperatorAction",
+    "Rejection", "Series",
     "SeriesState", "Study", "as_utc", "create_schema", "error_kind", "is_sqlite", "make_engine",
     "session_factory", "utcnow",
 ]

@@ -177,3 +177,23 @@ class Rejection(Base):
     status: Mapped[int] = mapped_column(Integer)
     #: Where the bytes were kept for inspection (relative to the spool), if they were.
     quarantine_path: Mapped[str | None] = mapped_column(Text)
+
+
+class OperatorAction(Base):
+    """Audit of what people do through the console and its API: retry, cancel, echo, and
+    refused logins; one row each, with who, from where and when."""
+
+    __tablename__ = "operator_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    #: The user name (``anonymous`` on an open console; the name tried for a refused login).
+    user: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str | None] = mapped_column(String(64))
+    #: ``retry``, ``cancel``, ``echo`` or ``login-failed``.
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    #: What it was done to: ``job:<id>``, ``destination:<name>``.
+    target: Mapped[str | None] = mapped_column(String(128))
+    #: ``ok``, or the kind of error that stopped it (``not-retryable``, ``unreachable``...).
+    outcome: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)

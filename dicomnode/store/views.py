@@ -1,14 +1,17 @@
 """The JSON of each object in the index, one definition for ``dicomnode status``, ``dicomnode
-jobs`` (and later the console and its API). Times are ISO 8601 UTC; no patient data."""
+jobs`` and the console's API (``dicomnode.web``). Times are ISO 8601 UTC; no patient data."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from dicomnode.store.jobs import Delivery, Job
-from dicomnode.store.models import as_utc
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from dicomnode.store.jobs import Delivery, DestinationHealth, Job
+from dicomnode.store.models import Association, OperatorAction, Rejection, Series, as_utc
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -42,3 +45,90 @@ def job_json(job: Job, deliveries: Iterable[Delivery]) -> dict[str, Any]:
         "stage_times": job.stage_times, "stage_seconds": stage_seconds(job.stage_times),
         "deliveries": [delivery_json(d) for d in deliveries],
     }
+
+
+def jobs_json(session: Session, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """:func:`job_json` of each job, their deliveries read in one query."""
+    deliveries: dict[int, list[Delivery]] = {}
+    if jobs:
+        for delivery in session.scalars(select(Delivery).where(
+                Delivery.job_id.in_([j.id for j in jobs])).order_by(Delivery.id)).all():
+            deliveries.setdefault(delivery.job_id, []).append(delivery)
+    return [job_json(j, deliveries.get(j.id, [])) for j in jobs]
+
+
+def series_json(series: Series) -> dict[str, Any]:
+    return {
+        "series_instance_uid": series.series_instance_uid,
+        "study_instance_uid": series.study.study_instance_uid,
+        "uid_synthesized": series.uid_synthesized,
+        "modality": series.modality, "series_description": series.series_description,
+        "series_number": series.series_number, "is_image": series.is_image,
+        "instances": series.instance_count, "state": series.state.value,
+        "revision": series.revision,
+        "first_received_at": iso(series.first_received_at),
+        "last_received_at": iso(series.last_received_at),
+        "completed_at": iso(series.completed_at),
+    }
+
+
+def destination_json(name: str, health: DestinationHealth | None) -> dict[str, Any]:
+    """The last C-ECHO of a destination (``reachable`` None: not checked yet)."""
+    if health is None:
+        return {"name": name, "reachable": None, "detail": "not checked yet", "checked_at": None}
+    return {"name": name, "reachable": health.reachable, "detail": health.detail,
+            "checked_at": iso(health.checked_at)}
+
+
+def association_json(a: Association) -> dict[str, Any]:
+    return {
+        "id": a.id, "calling_ae_title": a.calling_ae_title, "called_ae_title": a.called_ae_title,
+        "address": a.address, "started_at": iso(a.started_at), "ended_at": iso(a.ended_at),
+        "outcome": a.outcome.value, "reason": a.reason, "detail": a.detail,
+        "instances_stored": a.instances_stored, "duplicates": a.duplicates,
+        "failures": a.failures,
+    }
+
+
+def rejection_json(r: Rejection) -> dict[str, Any]:
+    return {
+        "received_at": iso(r.received_at), "sop_instance_uid": r.sop_instance_uid,
+        "sop_class_uid": r.sop_class_uid, "kind": r.kind, "status": f"0x{r.status:04X}",
+        "message": r.message, "kept": r.quarantine_path,
+    }
+
+
+def operator_action_json(a: OperatorAction) -> dict[str, Any]:
+    return {"id": a.id, "at": iso(a.at), "user": a.user, "address": a.address,
+            "action": a.action, "target": a.target, "outcome": a.outcome, "detail": a.detail}
+
+
+def _audit(session: Session, query: Select[Any], group: Any, newest: Any, limit: int,
+           offset: int, key: str, render: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    counts: dict[Any, int] = dict(
+        session.execute(select(group, func.count()).group_by(group)).all())
+    rows = session.scalars(query.order_by(newest.desc()).limit(limit).offset(offset)).all()
+    return {"total": sum(counts.values()), key: {str(k): v for k, v in counts.items()},
+            "recent": [render(row) for row in rows]}
+
+
+def associations_json(session: Session, limit: int, offset: int = 0,
+                      outcome: str | None = None) -> dict[str, Any]:
+    """``{"total", "by_outcome", "recent"}``: every association counted, the newest listed
+    (of ``outcome`` only, when given)."""
+    query = select(Association)
+    if outcome:
+        query = query.where(Association.outcome == outcome)
+    return _audit(session, query, Association.outcome, Association.id, limit, offset,
+                  "by_outcome", association_json)
+
+
+def rejections_json(session: Session, limit: int, offset: int = 0,
+                    kind: str | None = None) -> dict[str, Any]:
+    """``{"total", "by_kind", "recent"}``: every refused instance counted, the newest listed
+    (of ``kind`` only, when given)."""
+    query = select(Rejection)
+    if kind:
+        query = query.where(Rejection.kind == kind)
+    return _audit(session, query, Rejection.kind, Rejection.id, limit, offset, "by_kind",
+                  rejection_json)
