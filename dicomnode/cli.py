@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "dicomnode.rules.cli",     # rules test
     "dicomnode.jobs.cli",      # jobs list|show|retry|cancel
     "dicomnode.viewer.cli",    # viewer install|configure|start|stop|status
+    "dicomnode.web.cli",       # users add|list
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -6,7 +6,7 @@ Every key is declared here; unknown keys are errors. Values of the form ``${NAME
 
 Sections are owned by the stage they configure: ``node`` (the receiver's network identity),
 ``storage`` (spool and database), ``assembly`` (series completion), ``logging``, ``models``
-(weights and inference device).
+(weights and inference device), ``web`` (the operator console and its API).
 """
 
 from __future__ import annotations
@@ -449,6 +449,50 @@ class RetentionConfig(_Section):
     #: When free disk falls below storage.min_free times this factor, purge the oldest done jobs.
     emergency_factor: float = Field(default=1.5, ge=1)
 
+
+class WebTLSConfig(_Section):
+    """HTTPS for the console and its API (PEM files; both or neither)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> WebTLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+class WebConfig(_Section):
+    """The operator console and its REST API, served inside ``dicomnode serve``."""
+
+    enabled: bool = True
+    #: Bound to a loopback address without users the console runs open (with a warning); on
+    #: any other address ``serve`` refuses to start until ``users_file`` holds a user.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    tls: WebTLSConfig = Field(default_factory=WebTLSConfig)
+    #: Base URL of the links the API returns (e.g. https://node.example.org behind a proxy);
+    #: empty: http(s)://host:port.
+    public_url: str = ""
+    #: YAML file of users (name, bcrypt hash, role viewer or operator), written by
+    #: ``dicomnode users add``; unset: no users.
+    users_file: Path | None = None
+    #: When set, GET /metrics needs ``Authorization: Bearer <token>``.
+    metrics_token: str = ""
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not re.match(r"https?://", value):
+            raise ValueError("must be an http:// or https:// URL, or empty")
+        return value.rstrip("/")
+
+
 class Config(_Section):
     """The whole of ``config.yaml``."""
 
@@ -463,6 +507,7 @@ class Config(_Section):
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     results: ResultsConfig = Field(default_factory=ResultsConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
 
     @model_validator(mode="after")
     def _destinations_exist(self) -> Config:
@@ -482,6 +527,12 @@ class Config(_Section):
         self.models.path = absolute(self.models.path)
         if self.logging.file is not None:
             self.logging.file = absolute(self.logging.file)
+        web = self.web
+        if web.users_file is not None:
+            web.users_file = absolute(web.users_file)
+        if web.tls.cert_file is not None and web.tls.key_file is not None:
+            web.tls.cert_file, web.tls.key_file = (absolute(web.tls.cert_file),
+                                                   absolute(web.tls.key_file))
         return self
 
 

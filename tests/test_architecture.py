@@ -33,6 +33,10 @@ FLOORS: list[tuple[str, ...]] = [
     # the middle: run a case, health, retention
     ("dicomnode.run", "dicomnode.health", "dicomnode.retention"),
     ("dicomnode.jobs",),
+    # Prometheus metrics read from the index, the storage and the host (no node state)
+    ("dicomnode.metrics",),
+    # the operator console and its API: reads the index, acts through the jobs' controls
+    ("dicomnode.web",),
     ("dicomnode.service",),
     ("dicomnode.cli",),
 ]

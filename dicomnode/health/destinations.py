@@ -3,6 +3,8 @@ the answer, which ``dicomnode status`` shows next to the deliveries."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Config, DestinationConfig
@@ -26,10 +28,11 @@ class DestinationChecker:
                     peers[sender_delivery(ae_title)] = destination
         return peers
 
-    def check(self) -> dict[str, tuple[bool, str]]:
-        """Echo each peer; returns name → (reachable, detail)."""
+    def check(self, names: Collection[str] | None = None) -> dict[str, tuple[bool, str]]:
+        """Echo each peer (or those of ``names``); returns name → (reachable, detail)."""
         results = {name: echo(destination, calling_ae_title=self.config.node.ae_title)
-                   for name, destination in self.peers().items()}
+                   for name, destination in self.peers().items()
+                   if names is None or name in names}
         with self.sessions.begin() as session:
             for name, (reachable, detail) in results.items():
                 row = session.get(DestinationHealth, name) or DestinationHealth(destination=name)

@@ -15,12 +15,13 @@ def _serve(args: argparse.Namespace) -> int:
     from dicomnode.service.node import Node
     from dicomnode.storage import StorageLockedError
     from dicomnode.store import DatabaseError
+    from dicomnode.web import WebError
 
     config = load_config(args.config)
     configure_logging(config.logging)
     try:
         Node(config).serve()
-    except (ReceiverError, DatabaseError, StorageLockedError) as exc:
+    except (ReceiverError, DatabaseError, StorageLockedError, WebError) as exc:
         print(f"dicomnode serve: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -1,4 +1,5 @@
-"""The running node: the receiver and the assembler over one index database and spool."""
+"""The running node: the receiver, the assembler, the jobs and the operator console over one
+index database and spool."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from dicomnode.receiver.recovery import mark_clean, recover
 from dicomnode.run import CaseRunner
 from dicomnode.storage import QuarantineLimits, Spool, StorageLayout, StorageLock
 from dicomnode.store import InstanceIndex, create_schema, make_engine
+from dicomnode.web import WebServer
 
 #: Seconds without an open association before each warm-up step runs.
 WARM_UP_IDLE = 2.0
@@ -43,8 +45,8 @@ class Node:
             config.storage.quarantine_max, config.storage.quarantine_days * 86400))
         self.index = InstanceIndex(self.write_engine)
         self.runner = CaseRunner(config.models, config.results)
-        self.stages = Stages.build(config, sessionmaker(self.write_engine, expire_on_commit=False),
-                                   self.spool, self.runner)
+        sessions = sessionmaker(self.write_engine, expire_on_commit=False)
+        self.stages = Stages.build(config, sessions, self.spool, self.runner)
         self.executor = Executor(config, self.stages)
         # A completed series wakes the executor: its job is routed and started at once rather
         # than at the next poll.
@@ -52,11 +54,26 @@ class Node:
                                    config.assembly.series_timeout, on_job=self.executor.wake)
         self.receiver = Receiver(config.node, config.storage, self.index, self.spool,
                                  self.assembler.series_started)
+        # The console reads with an engine of its own; its actions go through the stages'
+        # controls (and their writer sessions), as `dicomnode jobs` does.
+        self.web_engine: Engine | None = None
+        self.web: WebServer | None = None
+        if config.web.enabled:
+            self.web_engine = make_engine(layout.database_url)
+            self.web = WebServer(config, layout, self.web_engine, sessions, self.stages.control,
+                                 self.stages.health, self.executor.wake)
         self._stopping = threading.Event()
 
     def start(self) -> None:
-        """Take the storage lock, recover from any crash, then start timers and listen."""
+        """Take the storage lock, check and bind the console, recover from any crash, then
+        start timers, listen, and serve the console."""
         self.lock.acquire()
+        if self.web is not None:
+            try:  # refuses an open console off loopback, a busy port, bad TLS
+                self.web.prepare()
+            except Exception:
+                self.lock.release()
+                raise
         create_schema(self.write_engine)
         partial = self.spool.prepare()
         cut_off = self.index.close_open_associations()
@@ -70,6 +87,8 @@ class Node:
         if self.config.jobs.enabled:
             self.executor.start()
         self.receiver.start()
+        if self.web is not None:
+            self.web.start()
         if self.config.jobs.enabled:
             threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
 
@@ -94,12 +113,16 @@ class Node:
 
     def stop(self) -> None:
         """Graceful stop: no new associations, running C-STOREs answered, timers kept."""
+        if self.web is not None:
+            self.web.stop()
         self.receiver.stop()
         mark_clean(self.spool)
         self.assembler.stop()
         self.executor.stop()
         self.write_engine.dispose()
         self.scheduler_engine.dispose()
+        if self.web_engine is not None:
+            self.web_engine.dispose()
         self.lock.release()
         log_event(LOGGER, "node.stopped")
 

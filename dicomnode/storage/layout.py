@@ -11,6 +11,7 @@
         jobs/<id:08d>/          one job's results (SEG, SR, preview, labels.nii.gz, result.json)
         jobs/<id:08d>.partial/  results being written (renamed into place when complete)
         viewer/                 the local Orthanc + OHIF stack (dicomnode viewer), if used
+        web.secret              the key that signs the console's session cookies (mode 0600)
 
 Model weights live in ``models.path`` (by default ``var/models`` beside the storage folder),
 which :class:`~dicomnode.models.registry.ModelStore` owns.
@@ -28,6 +29,7 @@ DATABASE_FILE = "dicomnode.sqlite3"
 SPOOL = "spool"
 JOBS = "jobs"
 VIEWER = "viewer"
+WEB_SECRET = "web.secret"
 #: Folders inside the spool.
 INCOMING = ".incoming"
 QUARANTINE = ".quarantine"
@@ -71,6 +73,10 @@ class StorageLayout:
     @property
     def viewer(self) -> Path:
         return self.root / VIEWER
+
+    @property
+    def web_secret(self) -> Path:
+        return self.root / WEB_SECRET
 
     def results(self, job_id: int) -> Path:
         """The results folder of a job."""

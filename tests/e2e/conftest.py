@@ -53,6 +53,7 @@ def node_config(port: int, orthanc: Orthanc, models: Path, **overrides: Any) -> 
         "node": {"ae_title": AE_TITLE, "host": "127.0.0.1", "port": port},
         "storage": {"path": "var", "min_free": "1 MB"},
         "assembly": {"series_timeout": 1.0},
+        "web": {"port": free_port()},  # the console's default 8080 would be shared
         "logging": {"level": "INFO"},
         "models": {"path": str(models), "device": "cpu", "threads": 1},
         "jobs": {"workers": 2, "poll_interval": 0.2},

@@ -285,6 +285,8 @@ def base_config(port: int, **overrides: dict[str, Any]) -> dict[str, Any]:
         "node": {"ae_title": AE_TITLE, "host": "127.0.0.1", "port": port},
         "storage": {"path": "var", "min_free": "1 MB"},
         "assembly": {"series_timeout": 1.5},
+        # The operator console on a port of its own (its default 8080 would be shared).
+        "web": {"port": free_port()},
         "logging": {"level": "INFO"},
         # Receive and hold only: complete series stay jobs in state ``complete``.
         "jobs": {"enabled": False},

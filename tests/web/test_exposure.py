@@ -1,0 +1,106 @@
+"""When the console runs open, when ``serve`` refuses to start it, and ``dicomnode users``."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import bcrypt
+import httpx
+import yaml
+
+from tests.service.conftest import _cli, base_config, free_port, running_nodes
+from tests.web.conftest import add_user, wait_for_port
+
+
+def _serve(tmp_path: Path, **web: object) -> subprocess.CompletedProcess[str]:
+    """Run ``serve`` with these ``web`` keys, expecting it to refuse at once."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(base_config(free_port(), web=dict(web))))
+    return subprocess.run([*_cli(), "serve", "--config", str(config)], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+
+
+def test_loopback_without_users_runs_open_and_warns(tmp_path: Path) -> None:
+    web_port = free_port()
+    with running_nodes(tmp_path) as launch:
+        port = free_port()
+        node = launch(base_config(port, web={"port": web_port}), port)
+        wait_for_port(web_port, node)
+        with httpx.Client(base_url=f"http://127.0.0.1:{web_port}") as client:
+            me = client.get("/api/v1/me").json()
+            jobs = client.get("/api/v1/jobs")
+        log = node.logs[-1].read_text()
+    assert me == {"user": "anonymous", "role": "operator", "via": "open", "open": True}
+    assert jobs.status_code == 200
+    assert '"event": "web.open"' in log and "is open to every local user" in log
+
+
+def test_serve_refuses_an_open_console_off_loopback(tmp_path: Path) -> None:
+    result = _serve(tmp_path, host="0.0.0.0", port=free_port())
+    assert result.returncode == 1
+    assert "web.host is 0.0.0.0, which is not a loopback address" in result.stderr
+    assert "dicomnode users add NAME --role operator" in result.stderr
+    assert not (tmp_path / "var" / "spool").exists() or not any(
+        (tmp_path / "var" / "spool").iterdir())
+
+
+def test_serve_with_users_may_bind_any_address(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"web": {"users_file": "users.yaml"}}))
+    assert add_user(config, "olga", "pw", "operator", tmp_path).returncode == 0
+    web_port = free_port()
+    with running_nodes(tmp_path) as launch:
+        port = free_port()
+        node = launch(base_config(port, web={"host": "0.0.0.0", "port": web_port,
+                                             "users_file": str(tmp_path / "users.yaml")}),
+                      port)
+        wait_for_port(web_port, node)
+        with httpx.Client(base_url=f"http://127.0.0.1:{web_port}") as client:
+            assert client.get("/api/v1/jobs").status_code == 401
+            assert client.get("/api/v1/jobs", auth=("olga", "pw")).status_code == 200
+
+
+def test_a_busy_console_port_stops_serve_with_a_message(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = _serve(tmp_path, port=busy.getsockname()[1])
+    assert result.returncode == 1
+    assert "the console cannot listen on 127.0.0.1" in result.stderr
+
+
+def test_users_add_writes_bcrypt_hashes_and_roles(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"web": {"users_file": "users.yaml"}}))
+    first = add_user(config, "olga", "first", "viewer", tmp_path)
+    second = add_user(config, "olga", "second", "operator", tmp_path)
+    assert first.returncode == 0 and "added viewer olga" in first.stdout
+    assert second.returncode == 0 and "replaced operator olga" in second.stdout
+    users = yaml.safe_load((tmp_path / "users.yaml").read_text())["users"]
+    assert [(u["name"], u["role"]) for u in users] == [("olga", "operator")]
+    assert bcrypt.checkpw(b"second", users[0]["password_hash"].encode())
+    assert (tmp_path / "users.yaml").stat().st_mode & 0o077 == 0
+    listed = subprocess.run([*_cli(), "users", "list", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.stdout.split() == ["olga", "operator"]
+    bad = add_user(config, "no spaces", "x", "operator", tmp_path)
+    assert bad.returncode == 1 and "user name" in bad.stderr
+
+
+def test_users_add_needs_a_users_file(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    result = add_user(config, "olga", "pw", "operator", tmp_path)
+    assert result.returncode == 2 and "web.users_file is not set" in result.stderr
+
+
+def test_web_disabled_serves_no_console(tmp_path: Path) -> None:
+    web_port = free_port()
+    with running_nodes(tmp_path) as launch:
+        port = free_port()
+        node = launch(base_config(port, web={"enabled": False, "port": web_port}), port)
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", web_port)) != 0
+        assert node.process is not None and node.process.poll() is None
