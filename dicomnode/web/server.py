@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 
 import uvicorn
+from prometheus_client import generate_latest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +25,7 @@ from dicomnode.config import Config
 from dicomnode.health import DestinationChecker
 from dicomnode.jobs.control import JobControl
 from dicomnode.logs import log_event
+from dicomnode.metrics import registry
 from dicomnode.storage import StorageLayout
 from dicomnode.web.app import WebContext, build_app
 from dicomnode.web.auth import Authenticator, WebError, check_exposure, node_secret
@@ -36,8 +38,7 @@ STOP_TIMEOUT = 5.0
 class WebServer:
     def __init__(self, config: Config, layout: StorageLayout, engine: Engine,
                  sessions: sessionmaker[Session], control: JobControl,
-                 checker: DestinationChecker, wake: Callable[[], None],
-                 metrics: Callable[[], bytes] | None = None):
+                 checker: DestinationChecker, wake: Callable[[], None]):
         self.config = config
         self.layout = layout
         self.engine = engine
@@ -45,7 +46,6 @@ class WebServer:
         self.control = control
         self.checker = checker
         self.wake = wake
-        self.metrics = metrics
         self._server: uvicorn.Server | None = None
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -62,8 +62,9 @@ class WebServer:
         context = WebContext(self.config, self.layout, self.engine, self.sessions, self.control,
                              self.checker, auth, self.wake)
         self.open = check_exposure(web, context.auth.directory)
+        scrape = registry(self.engine, self.layout, self.config)  # computed at each scrape
         config = uvicorn.Config(
-            build_app(context, self.metrics), log_config=None, access_log=False,
+            build_app(context, lambda: generate_latest(scrape)), log_config=None, access_log=False,
             lifespan="off", server_header=False, proxy_headers=False,
             timeout_graceful_shutdown=int(STOP_TIMEOUT),
             ssl_certfile=str(web.tls.cert_file) if web.tls.cert_file else None,

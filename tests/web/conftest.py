@@ -25,6 +25,7 @@ from tests.service.conftest import (  # noqa: F401 - shared fixtures
 
 PASSWORDS = {"olga": "operator-secret", "victor": "viewer-secret"}
 ROLES = {"olga": "operator", "victor": "viewer"}
+METRICS_TOKEN = "scrape-token"
 
 
 def add_user(config: Path, name: str, password: str, role: str, cwd: Path
@@ -84,7 +85,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     with running_nodes(tmp_path_factory.mktemp("web")) as launch:
         port, web_port = free_port(), free_port()
         config = web_config(port, web_port, users_file="users.yaml",
-                            public_url="https://node.example.org/")
+                            public_url="https://node.example.org/", metrics_token=METRICS_TOKEN)
         root = tmp_path_factory.mktemp("users")
         (root / "config.yaml").write_text(f"web:\n  users_file: {root / 'users.yaml'}\n")
         for name, password in PASSWORDS.items():

@@ -14,7 +14,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from tests.service.conftest import storescu, write_ct_series, write_short_pixel_data
-from tests.web.conftest import Console
+from tests.web.conftest import METRICS_TOKEN, Console
 
 READS = ["/api/v1/me", "/api/v1/series", "/api/v1/jobs", "/api/v1/destinations",
          "/api/v1/associations", "/api/v1/refusals", "/api/v1/audit"]
@@ -293,3 +293,15 @@ def test_failed_logins_are_rate_limited_per_address(console: Console) -> None:
         assert elsewhere.get("/api/v1/me").status_code == 200
         audit = elsewhere.get("/api/v1/audit", params={"action": "login-failed"}).json()
     assert sum(a["address"] == "127.0.0.9" for a in audit["items"]) == 5
+
+
+def test_metrics_need_the_bearer_token(console: Console) -> None:
+    with console.client() as client:
+        missing = client.get("/metrics")
+        wrong = client.get("/metrics", headers={"Authorization": "Bearer nope"})
+        scraped = client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert missing.status_code == wrong.status_code == 401
+    assert missing.json()["status"] == 401
+    assert scraped.status_code == 200, scraped.text
+    assert scraped.headers["content-type"].startswith("text/plain")
+    assert "dicomnode_" in scraped.text
