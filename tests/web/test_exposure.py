@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
 from pathlib import Path
 
 import bcrypt
 import httpx
+import pytest
 import yaml
 
 from tests.service.conftest import _cli, base_config, free_port, running_nodes
+from tests.service.test_tls import _self_signed
 from tests.web.conftest import add_user, wait_for_port
 
 
@@ -104,3 +107,36 @@ def test_web_disabled_serves_no_console(tmp_path: Path) -> None:
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", web_port)) != 0
         assert node.process is not None and node.process.poll() is None
+
+
+def test_https_console_with_secure_cookies(tmp_path: Path) -> None:
+    key, cert = _self_signed(tmp_path, "console")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"web": {"users_file": "users.yaml"}}))
+    assert add_user(config, "olga", "pw", "operator", tmp_path).returncode == 0
+    web_port = free_port()
+    trust = ssl.create_default_context(cafile=str(cert))
+    trust.check_hostname = False  # the test certificate names no address
+    with running_nodes(tmp_path) as launch:
+        port = free_port()
+        node = launch(base_config(port, web={
+            "port": web_port, "users_file": str(tmp_path / "users.yaml"),
+            "tls": {"cert_file": str(cert), "key_file": str(key)}}), port)
+        wait_for_port(web_port, node)
+        with httpx.Client(base_url=f"https://127.0.0.1:{web_port}", verify=trust) as client:
+            login = client.post("/api/v1/login", json={"name": "olga", "password": "pw"})
+            assert client.get("/api/v1/me").json()["via"] == "session"
+            job = client.get("/api/v1/jobs/1", auth=("olga", "pw")).json()
+        with httpx.Client(base_url=f"http://127.0.0.1:{web_port}") as plain, \
+                pytest.raises(httpx.HTTPError):
+            plain.get("/api/v1/me")
+    assert login.status_code == 200
+    assert all("Secure" in c for c in login.headers.get_list("set-cookie"))
+    assert job["status"] == 404
+
+
+def test_unreadable_tls_files_stop_serve_with_a_message(tmp_path: Path) -> None:
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    result = _serve(tmp_path, port=free_port(), tls={"cert_file": str(tmp_path / "bad.pem"),
+                                                     "key_file": str(tmp_path / "bad.pem")})
+    assert result.returncode == 1 and "web.tls: cannot load" in result.stderr
