@@ -1,7 +1,8 @@
 """Who is asking: HTTP Basic or a signed session cookie, roles, CSRF and failed-login limits.
 
 * Bound to a loopback address with no users, the console is open: everyone is the operator
-  ``anonymous`` (:func:`check_exposure` refuses any other address without users).
+  ``anonymous`` (:func:`check_exposure` refuses any other address without users), and only
+  requests addressed to a loopback host name (or ``web.public_url``'s) are answered.
 * ``POST /api/v1/login`` sets ``dicomnode_session`` (HttpOnly, SameSite=Strict, HMAC-signed with
   the node's secret ``<storage.path>/web.secret``, bound to the user's password hash so a new
   password ends old sessions) and ``dicomnode_csrf``; every state-changing request made with
@@ -149,6 +150,10 @@ class Authenticator:
         self.secret = secret
         self.secure_cookies = web.tls.enabled
         self.public_origin = _origin(web.public_url) if web.public_url else None
+        #: Host names an open console answers to: a page of another site that resolves its
+        #: name to 127.0.0.1 (DNS rebinding) must not reach it.
+        self.open_hosts = {"localhost", "127.0.0.1", "::1", web.host.lower(),
+                           (urlsplit(web.public_url).hostname or "") if web.public_url else ""}
         self.failures = FailedLogins()
         self.record_failure = record_failure
         self._verified: dict[str, str] = {}  # HMAC of (name, password) → hash it matched
@@ -221,6 +226,7 @@ class Authenticator:
         if request.method not in SAFE_METHODS:
             self._same_origin(request)
         if self.open:
+            self._loopback_host(request)
             return Principal(ANONYMOUS, "operator", "open")
         address = request.client.host if request.client else None
         header = request.headers.get("authorization", "")
@@ -245,6 +251,12 @@ class Authenticator:
             return Principal(user.name, user.role, "session")
         raise HTTPException(401, "authentication required (HTTP Basic or POST /api/v1/login)",
                             headers={"WWW-Authenticate": 'Basic realm="dicomnode"'})
+
+    def _loopback_host(self, request: Request) -> None:
+        name = urlsplit(f"//{request.headers.get('host', '')}").hostname or ""
+        if name not in self.open_hosts:
+            raise HTTPException(403, f"an open console answers only to a loopback host name, "
+                                     f"not {name!r}")
 
     def _same_origin(self, request: Request) -> None:
         origin = request.headers.get("origin")

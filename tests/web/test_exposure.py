@@ -34,10 +34,15 @@ def test_loopback_without_users_runs_open_and_warns(tmp_path: Path) -> None:
         with httpx.Client(base_url=f"http://127.0.0.1:{web_port}") as client:
             me = client.get("/api/v1/me").json()
             jobs = client.get("/api/v1/jobs")
+            localhost = client.get("/api/v1/me", headers={"Host": f"localhost:{web_port}"})
+            rebound = client.get("/api/v1/me", headers={"Host": "evil.example"})
+        assert node.stop() == 0
         log = node.logs[-1].read_text()
     assert me == {"user": "anonymous", "role": "operator", "via": "open", "open": True}
-    assert jobs.status_code == 200
+    assert jobs.status_code == localhost.status_code == 200
+    assert rebound.status_code == 403 and "loopback host name" in rebound.json()["detail"]
     assert '"event": "web.open"' in log and "is open to every local user" in log
+    assert '"event": "web.stopped"' in log
 
 
 def test_serve_refuses_an_open_console_off_loopback(tmp_path: Path) -> None:
