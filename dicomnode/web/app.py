@@ -32,6 +32,7 @@ from dicomnode.logs import log_event
 from dicomnode.storage import StorageLayout
 from dicomnode.store import OperatorAction, utcnow
 from dicomnode.web.auth import Authenticator
+from dicomnode.web.users import UsersError
 
 LOGGER = logging.getLogger("dicomnode.web")
 API = "/api/v1"
@@ -103,6 +104,11 @@ def build_app(context: WebContext, metrics: Callable[[], bytes] | None = None) -
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
                   for e in exc.errors()]
         return _error(422, "request validation failed", errors=jsonable_encoder(errors))
+
+    @app.exception_handler(UsersError)
+    async def _users(_request: Request, exc: UsersError) -> JSONResponse:
+        LOGGER.error("web.users_file cannot be read: %s", exc)
+        return _error(503, f"the users file cannot be read: {exc}")
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:

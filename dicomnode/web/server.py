@@ -29,6 +29,7 @@ from dicomnode.metrics import registry
 from dicomnode.storage import StorageLayout
 from dicomnode.web.app import WebContext, build_app
 from dicomnode.web.auth import Authenticator, WebError, check_exposure, node_secret
+from dicomnode.web.users import UsersError
 
 LOGGER = logging.getLogger("dicomnode.web")
 #: Seconds :meth:`WebServer.stop` waits for open requests.
@@ -61,7 +62,10 @@ class WebServer:
         auth = Authenticator(web, node_secret(self.layout.web_secret), refused)
         context = WebContext(self.config, self.layout, self.engine, self.sessions, self.control,
                              self.checker, auth, self.wake)
-        self.open = check_exposure(web, context.auth.directory)
+        try:
+            self.open = check_exposure(web, context.auth.directory)
+        except UsersError as exc:
+            raise WebError(f"web.users_file: {exc}") from None
         scrape = registry(self.engine, self.layout, self.config)  # computed at each scrape
         config = uvicorn.Config(
             build_app(context, lambda: generate_latest(scrape)), log_config=None, access_log=False,

@@ -145,3 +145,10 @@ def test_unreadable_tls_files_stop_serve_with_a_message(tmp_path: Path) -> None:
     result = _serve(tmp_path, port=free_port(), tls={"cert_file": str(tmp_path / "bad.pem"),
                                                      "key_file": str(tmp_path / "bad.pem")})
     assert result.returncode == 1 and "web.tls: cannot load" in result.stderr
+
+
+def test_an_unreadable_users_file_stops_serve_with_a_message(tmp_path: Path) -> None:
+    (tmp_path / "users.yaml").write_text("users: {olga: x}\n")
+    result = _serve(tmp_path, port=free_port(), users_file=str(tmp_path / "users.yaml"))
+    assert result.returncode == 1
+    assert "web.users_file: " in result.stderr and "a list 'users'" in result.stderr
