@@ -4,6 +4,7 @@ errors as JSON, and the same JSON as ``dicomnode status --json``."""
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import httpx
 import pytest
 from pydicom.dataset import Dataset
 
-from tests.service.conftest import storescu, write_ct_series, write_short_pixel_data
+from tests.service.conftest import echoscu, storescu, write_ct_series, write_short_pixel_data
 from tests.web.conftest import METRICS_TOKEN, Console
 
 READS = ["/api/v1/me", "/api/v1/series", "/api/v1/jobs", "/api/v1/destinations",
@@ -305,3 +306,30 @@ def test_metrics_need_the_bearer_token(console: Console) -> None:
     assert scraped.status_code == 200, scraped.text
     assert scraped.headers["content-type"].startswith("text/plain")
     assert "dicomnode_" in scraped.text
+
+
+def test_a_busy_console_does_not_hold_the_dicom_listener(console: Console) -> None:
+    """Eight clients reading as fast as they can while C-ECHOs go to the listener."""
+    stop = threading.Event()
+    answered: list[int] = []
+
+    def hammer() -> None:
+        with console.client("victor") as client:
+            while not stop.is_set():
+                answered.append(client.get("/api/v1/series").status_code)
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        timings = []
+        for _ in range(5):
+            started = time.monotonic()
+            assert echoscu(console.node.port).returncode == 0
+            timings.append(time.monotonic() - started)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert len(answered) > 20 and set(answered) == {200}
+    assert max(timings) < 5, timings

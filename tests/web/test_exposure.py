@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import ssl
 import subprocess
@@ -12,6 +13,7 @@ import httpx
 import pytest
 import yaml
 
+from dicomnode.cli import main
 from tests.service.conftest import _cli, base_config, free_port, running_nodes
 from tests.service.test_tls import _self_signed
 from tests.web.conftest import add_user, wait_for_port
@@ -54,22 +56,6 @@ def test_serve_refuses_an_open_console_off_loopback(tmp_path: Path) -> None:
         (tmp_path / "var" / "spool").iterdir())
 
 
-def test_serve_with_users_may_bind_any_address(tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"web": {"users_file": "users.yaml"}}))
-    assert add_user(config, "olga", "pw", "operator", tmp_path).returncode == 0
-    web_port = free_port()
-    with running_nodes(tmp_path) as launch:
-        port = free_port()
-        node = launch(base_config(port, web={"host": "0.0.0.0", "port": web_port,
-                                             "users_file": str(tmp_path / "users.yaml")}),
-                      port)
-        wait_for_port(web_port, node)
-        with httpx.Client(base_url=f"http://127.0.0.1:{web_port}") as client:
-            assert client.get("/api/v1/jobs").status_code == 401
-            assert client.get("/api/v1/jobs", auth=("olga", "pw")).status_code == 200
-
-
 def test_a_busy_console_port_stops_serve_with_a_message(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -79,29 +65,43 @@ def test_a_busy_console_port_stops_serve_with_a_message(tmp_path: Path) -> None:
     assert "the console cannot listen on 127.0.0.1" in result.stderr
 
 
-def test_users_add_writes_bcrypt_hashes_and_roles(tmp_path: Path) -> None:
+def _users(config: Path, *argv: str, password: str = "",
+           monkeypatch: pytest.MonkeyPatch) -> int:
+    """``dicomnode users …`` in this process (the console fixture runs the real command)."""
+    monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
+    return main(["users", *argv, "--config", str(config)])
+
+
+def test_users_add_writes_bcrypt_hashes_and_roles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"web": {"users_file": "users.yaml"}}))
-    first = add_user(config, "olga", "first", "viewer", tmp_path)
-    second = add_user(config, "olga", "second", "operator", tmp_path)
-    assert first.returncode == 0 and "added viewer olga" in first.stdout
-    assert second.returncode == 0 and "replaced operator olga" in second.stdout
+    add = ("add", "olga", "--password-stdin", "--role")
+    assert _users(config, *add, "viewer", password="first", monkeypatch=monkeypatch) == 0
+    assert "added viewer olga" in capsys.readouterr().out
+    assert _users(config, *add, "operator", password="second", monkeypatch=monkeypatch) == 0
+    assert "replaced operator olga" in capsys.readouterr().out
     users = yaml.safe_load((tmp_path / "users.yaml").read_text())["users"]
     assert [(u["name"], u["role"]) for u in users] == [("olga", "operator")]
     assert bcrypt.checkpw(b"second", users[0]["password_hash"].encode())
     assert (tmp_path / "users.yaml").stat().st_mode & 0o077 == 0
-    listed = subprocess.run([*_cli(), "users", "list", "--config", str(config)],
-                            capture_output=True, text=True, timeout=60)
-    assert listed.stdout.split() == ["olga", "operator"]
-    bad = add_user(config, "no spaces", "x", "operator", tmp_path)
-    assert bad.returncode == 1 and "user name" in bad.stderr
+    assert _users(config, "list", monkeypatch=monkeypatch) == 0
+    assert capsys.readouterr().out.split() == ["olga", "operator"]
+    assert _users(config, "add", "no spaces", "--password-stdin", password="x",
+                  monkeypatch=monkeypatch) == 1
+    assert "user name" in capsys.readouterr().err
+    assert _users(config, "add", "empty", "--password-stdin", password="",
+                  monkeypatch=monkeypatch) == 1
+    assert "must not be empty" in capsys.readouterr().err
 
 
-def test_users_add_needs_a_users_file(tmp_path: Path) -> None:
+def test_users_add_needs_a_users_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("{}\n")
-    result = add_user(config, "olga", "pw", "operator", tmp_path)
-    assert result.returncode == 2 and "web.users_file is not set" in result.stderr
+    assert _users(config, "add", "olga", "--password-stdin", password="pw",
+                  monkeypatch=monkeypatch) == 2
+    assert "web.users_file is not set" in capsys.readouterr().err
 
 
 def test_web_disabled_serves_no_console(tmp_path: Path) -> None:
@@ -114,7 +114,9 @@ def test_web_disabled_serves_no_console(tmp_path: Path) -> None:
         assert node.process is not None and node.process.poll() is None
 
 
-def test_https_console_with_secure_cookies(tmp_path: Path) -> None:
+def test_https_console_with_users_on_any_address(tmp_path: Path) -> None:
+    """With users the console may listen on 0.0.0.0; with web.tls it speaks HTTPS only and
+    its session cookies are Secure."""
     key, cert = _self_signed(tmp_path, "console")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"web": {"users_file": "users.yaml"}}))
@@ -125,17 +127,18 @@ def test_https_console_with_secure_cookies(tmp_path: Path) -> None:
     with running_nodes(tmp_path) as launch:
         port = free_port()
         node = launch(base_config(port, web={
-            "port": web_port, "users_file": str(tmp_path / "users.yaml"),
+            "host": "0.0.0.0", "port": web_port, "users_file": str(tmp_path / "users.yaml"),
             "tls": {"cert_file": str(cert), "key_file": str(key)}}), port)
         wait_for_port(web_port, node)
         with httpx.Client(base_url=f"https://127.0.0.1:{web_port}", verify=trust) as client:
+            anonymous = client.get("/api/v1/jobs")
             login = client.post("/api/v1/login", json={"name": "olga", "password": "pw"})
             assert client.get("/api/v1/me").json()["via"] == "session"
             job = client.get("/api/v1/jobs/1", auth=("olga", "pw")).json()
         with httpx.Client(base_url=f"http://127.0.0.1:{web_port}") as plain, \
                 pytest.raises(httpx.HTTPError):
             plain.get("/api/v1/me")
-    assert login.status_code == 200
+    assert anonymous.status_code == 401 and login.status_code == 200
     assert all("Secure" in c for c in login.headers.get_list("set-cookie"))
     assert job["status"] == 404
 
