@@ -333,3 +333,17 @@ def test_a_busy_console_does_not_hold_the_dicom_listener(console: Console) -> No
             thread.join()
     assert len(answered) > 20 and set(answered) == {200}
     assert max(timings) < 5, timings
+
+
+def test_job_detail_lists_the_files_of_its_results(console: Console,
+                                                   failed_job: dict[str, Any]) -> None:
+    job_id = failed_job["id"]
+    folder = console.node.root / "var" / "jobs" / f"{job_id:08d}"
+    (folder / "seg").mkdir(parents=True)
+    (folder / "result.json").write_text("{}")
+    (folder / "seg" / "seg.dcm").write_bytes(b"\0" * 300)
+    with console.client("victor") as client:
+        results = client.get(f"/api/v1/jobs/{job_id}").json()["results"]
+    assert results["folder"] == str(folder)
+    assert results["files"] == [{"name": "result.json", "bytes": 2},
+                                {"name": "seg/seg.dcm", "bytes": 300}]
