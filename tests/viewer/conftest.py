@@ -186,7 +186,8 @@ def _node_config(port: int, stack: ViewerStack, models: Path, seg_type: str) -> 
     return {
         "node": {"ae_title": AE_TITLE, "host": "127.0.0.1", "port": port},
         "storage": {"path": "var", "min_free": "1 MB"},
-        "assembly": {"series_timeout": 1.0},
+        # long enough that a loaded machine never splits a series that storescu sends in one go
+        "assembly": {"series_timeout": 5.0},
         "web": {"port": free_port()},  # the console's default 8080 would be shared
         "models": {"path": str(models), "device": "cpu", "threads": 2},
         "jobs": {"workers": 2, "poll_interval": 0.2},
