@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from pydicom import Dataset
 from pynetdicom import AE
+from pynetdicom.association import Association
 
 # pynetdicom creates its SOP class objects at import time (sop_class._generate_sop_classes),
 # so mypy sees no Verification attribute.
@@ -73,6 +74,24 @@ def _contexts(datasets: Sequence[Dataset]) -> dict[str, list[str]]:
     return wanted
 
 
+def _associate(ae: AE, destination: DestinationConfig) -> Association:
+    """Request the association; ask once more when the peer dropped the request at once.
+
+    A peer that rejects (A-ASSOCIATE-RJ) and closes its socket straight away can reach
+    pynetdicom as a closed connection before the RJ is read (seen twice in CI with Orthanc
+    and a wrong called AE title on a loaded machine): the association then looks aborted, and
+    a permanent rejection would be retried as ``unreachable`` for hours. A second request
+    gets the peer's real answer; a peer that drops it again is unreachable."""
+    assert destination.host and destination.port and destination.ae_title
+    tls = _tls_args(destination.tls, destination.host)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                         tls_args=tls)
+    if not assoc.is_established and not assoc.is_rejected and assoc.is_aborted:
+        assoc = ae.associate(destination.host, destination.port,
+                             ae_title=destination.ae_title, tls_args=tls)
+    return assoc
+
+
 def send_dicom(name: str, destination: DestinationConfig, datasets: Sequence[Dataset], *,
                calling_ae_title: str, timeout: float = 30.0) -> DeliveryReport:
     """C-STORE every dataset over one association to a DICOM destination."""
@@ -83,8 +102,7 @@ def send_dicom(name: str, destination: DestinationConfig, datasets: Sequence[Dat
     for sop_class, syntaxes in _contexts(datasets).items():
         ae.add_requested_context(sop_class, syntaxes)
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                         tls_args=_tls_args(destination.tls, destination.host))
+    assoc = _associate(ae, destination)
     if assoc.is_rejected:
         raise DeliveryError("rejected", f"{where} rejected the association")
     if not assoc.is_established:

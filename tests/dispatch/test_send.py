@@ -81,3 +81,35 @@ def test_wrong_called_ae_title_is_rejected(orthanc: Orthanc) -> None:
 
 def test_echo_reports_healthy_destination(orthanc: Orthanc) -> None:
     assert echo(_dicom(orthanc), calling_ae_title="DICOMNODE") == (True, "C-ECHO ok")
+
+
+def test_a_peer_that_drops_the_request_is_asked_twice_then_unreachable() -> None:
+    """A connection closed right after the A-ASSOCIATE-RQ (how a rejection can reach
+    pynetdicom on a loaded machine) is asked once more before it counts as unreachable."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    connections: list[int] = []
+
+    def drop_every_request() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            connections.append(1)
+            conn.recv(65536)  # the A-ASSOCIATE-RQ
+            conn.close()
+
+    threading.Thread(target=drop_every_request, daemon=True).start()
+    destination = DestinationConfig(type="dicom", ae_title="PEER", host="127.0.0.1", port=port)
+    try:
+        with pytest.raises(DeliveryError) as error:
+            deliver("pacs", destination, _datasets(1), calling_ae_title="DICOMNODE")
+    finally:
+        server.close()
+    assert error.value.reason == "unreachable"
+    assert "aborted" in str(error.value)
+    assert len(connections) == 2
