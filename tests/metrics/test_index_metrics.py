@@ -340,7 +340,11 @@ def test_registries_are_fresh_and_the_default_registry_untouched(empty_index: In
     fill(empty_index)
     first, second = empty_index.registry(), empty_index.registry()
     assert first is not second
-    assert samples(first) == samples(second)
+
+    def steady(found: dict) -> dict:  # free disk moves with whatever else writes meanwhile
+        return {k: v for k, v in found.items() if not k[0].startswith("dicomnode_storage_free")}
+
+    assert steady(samples(first)) == steady(samples(second))
     assert b"dicomnode_" not in prometheus_client.generate_latest(prometheus_client.REGISTRY)
     # another index, another registry: nothing shared
     other_config = make_config(tmp_path / "other", "")
