@@ -162,3 +162,16 @@ def test_prometheus_scrapes_the_count_of_received_instances(prometheus: int,
                               "dicomnode_inference_duration_seconds_bucket)")
     reserve = _query(prometheus, "dicomnode_storage_reserve_bytes")
     assert [float(r["value"][1]) for r in reserve] == [received_node.config.storage.min_free]
+
+
+def test_every_dashboard_panel_evaluates(prometheus: int) -> None:
+    """deploy/grafana/dicomnode.json's queries run in Prometheus over the node's exposition, and
+    those over reception (a node that received instances) have data."""
+    from tests.deploy.test_monitoring import dashboard_expressions
+
+    _eventually(prometheus, "sum(rate(dicomnode_instances_received_total[1m]))")
+    empty = []
+    for expr in dashboard_expressions():
+        if not _query(prometheus, expr):  # api() fails on any error answer
+            empty.append(expr)
+    assert not [e for e in empty if "instances_received" in e or "associations" in e], empty
