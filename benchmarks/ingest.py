@@ -9,6 +9,9 @@ sends them over loopback with one dcmtk ``storescu`` association to
 (b) ``storescp +xa -od DIR`` writing the files to disk (no fsync; it has no such option),
 
 and prints instances/s for each, the ratio, and the node's peak resident memory (VmHWM).
+Then the operator console's cost: the node (fsync on) with ``web.enabled`` off against the node
+with it on and a client that, as an open dashboard does, polls the series and job lists and
+``/metrics`` every 0.5 s during the transfer (runs interleaved; ratio = on / off).
 Both dcmtk tools run with ``TCP_NODELAY=1`` (dcmtk's switch to disable Nagle's algorithm;
 without it storescp answers each C-STORE after a delayed ACK, ~20 instances/s).
 
@@ -27,7 +30,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +40,11 @@ import pydicom
 import yaml
 from pydicom.uid import generate_uid
 
-from tests.dcmtk import STORESCP, STORESCU
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.dcmtk import STORESCP, STORESCU  # noqa: E402
+
 EXAMPLE_CT = REPO.parent / "shared/data/totalsegmentator-ref/example_ct_dicom"
 AE_TITLE = "DICOMNODE"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -116,19 +123,61 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def run_node(folder: Path, count: int, work: Path, fsync: bool) -> Run:
+class ConsolePoller:
+    """What an open dashboard does: GET the lists and the metrics every ``interval`` s."""
+
+    PATHS = ("/api/v1/series?limit=50", "/api/v1/jobs?limit=50", "/metrics")
+
+    def __init__(self, port: int, interval: float = 0.5):
+        self.base = f"http://127.0.0.1:{port}"
+        self.interval = interval
+        self.requests = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for path in self.PATHS:
+                try:
+                    with urllib.request.urlopen(self.base + path, timeout=30) as response:
+                        response.read()
+                except OSError as exc:
+                    self.errors.append(f"{path}: {exc}")
+                self.requests += 1
+
+    def __enter__(self) -> ConsolePoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_node(folder: Path, count: int, work: Path, fsync: bool, console: bool = False) -> Run:
+    """One transfer to a fresh node; with ``console`` its web server is on and polled."""
     root = Path(tempfile.mkdtemp(dir=work, prefix="node-"))
-    port = free_port()
+    port, web_port = free_port(), free_port()
     config = {"node": {"ae_title": AE_TITLE, "host": "127.0.0.1", "port": port},
               "storage": {"path": str(root / "var"), "fsync": fsync, "min_free": "100 MB"},
-              "assembly": {"series_timeout": 600}, "logging": {"level": "WARNING"}}
+              "assembly": {"series_timeout": 600}, "logging": {"level": "WARNING"},
+              "web": {"enabled": console, "port": web_port}}
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     process = subprocess.Popen([sys.executable, "-m", "dicomnode.service", "serve", "--config",
                                 str(root / "config.yaml")], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(port, process)
-        seconds = send(port, folder, count)
+        if console:
+            wait_listening(web_port, process)
+            with ConsolePoller(web_port) as poller:
+                seconds = send(port, folder, count)
+            if poller.requests == 0 or poller.errors:
+                raise RuntimeError(f"the console answered {poller.requests} requests during "
+                                   f"the transfer, errors: {poller.errors[:3]}")
+        else:
+            seconds = send(port, folder, count)
         rss = peak_rss(process.pid)
     finally:
         stop(process)
@@ -200,6 +249,18 @@ def main(argv: list[str] | None = None) -> int:
                             "ours": round(node.peak_rss / 2**20, 1),
                             "reference": round(scp.peak_rss / 2**20, 1), "unit": "MiB",
                             "ratio": round(node.peak_rss / max(scp.peak_rss, 1), 3)})
+        on, off = [], []
+        for _ in range(args.repeat):
+            off.append(run_node(folder, args.count, work, True, console=False))
+            on.append(run_node(folder, args.count, work, True, console=True))
+        with_console, without = median_run(on), median_run(off)
+        ratio = with_console.rate / without.rate
+        print(f"console : on and polled {with_console.rate:7.1f} inst/s   off "
+              f"{without.rate:7.1f} inst/s   ratio {ratio:.2f}   peak RSS "
+              f"{with_console.peak_rss / 2**20:.0f} vs {without.peak_rss / 2**20:.0f} MiB")
+        results.append({"name": "ingest_rate_console_on_vs_off",
+                        "ours": round(with_console.rate, 1), "reference": round(without.rate, 1),
+                        "unit": "instances/s", "ratio": round(ratio, 3)})
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
