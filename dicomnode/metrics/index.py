@@ -1,10 +1,11 @@
 """What the metrics read from the index: a handful of aggregates, one snapshot per scrape.
 
-Every number is a ``GROUP BY`` aggregate over one table, except the stage durations, which need
-each job's ``stage_times`` (one narrow column read; the durations are computed here exactly as
-``dicomnode status`` computes them, :func:`dicomnode.store.views.stage_seconds`). All queries run
-in one read transaction, so one scrape sees one state of the index (WAL snapshot on SQLite,
-REPEATABLE READ on PostgreSQL).
+Every count is a ``GROUP BY`` aggregate over one table, all of them in one ``UNION ALL``
+statement; the stage durations need each routed job's ``stage_times`` (one narrow column read;
+the durations are computed here exactly as ``dicomnode status`` computes them,
+:func:`dicomnode.store.views.stage_seconds`), and the destinations' last C-ECHO is a third
+statement. All run in one read transaction, so one scrape sees one state of the index (WAL
+snapshot on SQLite, REPEATABLE READ on PostgreSQL).
 
 Which rows make which number, and why they only grow:
 
@@ -22,11 +23,24 @@ Which rows make which number, and why they only grow:
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, String, func, select, type_coerce
+from sqlalchemy import (
+    CompoundSelect,
+    Engine,
+    Select,
+    String,
+    cast,
+    func,
+    literal_column,
+    null,
+    select,
+    type_coerce,
+    union_all,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.sql.elements import ColumnElement
@@ -84,6 +98,30 @@ def _text(column: QueryableAttribute[Any]) -> ColumnElement[str]:
     return type_coerce(column, String)
 
 
+def _grouped(name: str, table: type[Any],
+             keys: list[ColumnElement[Any] | QueryableAttribute[Any]],
+             summed: QueryableAttribute[int] | None = None) -> Select[Any]:
+    """``(name, key, key, rows, SUM(summed))`` of ``table`` grouped by up to two ``keys``,
+    padded with NULLs, so that every aggregate fits one ``UNION ALL``."""
+    padding = [cast(null(), String)] * (2 - len(keys))
+    total = func.coalesce(func.sum(summed), 0) if summed is not None else literal_column("0")
+    return (select(literal_column(f"'{name}'"), *keys, *padding, func.count(), total)
+            .select_from(table).group_by(*keys))
+
+
+def _counts() -> CompoundSelect[Any]:
+    """Every count of the snapshot in one statement (one round trip, one plan)."""
+    return union_all(
+        _grouped("series", Series, [_text(Series.state)], Series.instance_count),
+        _grouped("instances", Instance, [], Instance.size),
+        _grouped("associations", Association,
+                 [_text(Association.outcome), Association.reason], Association.duplicates),
+        _grouped("rejections", Rejection, [Rejection.kind]),
+        _grouped("jobs", Job, [_text(Job.state), Job.pipeline]),
+        _grouped("deliveries", Delivery, [Delivery.destination, _text(Delivery.state)],
+                 Delivery.attempts))
+
+
 def read_index(engine: Engine, stages: tuple[str, ...]) -> IndexSnapshot:
     """One consistent snapshot of the aggregates; ``stages`` are the job states whose
     durations are collected."""
@@ -95,38 +133,33 @@ def read_index(engine: Engine, stages: tuple[str, ...]) -> IndexSnapshot:
 
 
 def _read(conn: Connection, stages: tuple[str, ...]) -> IndexSnapshot:
-    snap = IndexSnapshot()
-    series_state = _text(Series.state)
-    for state, count, stored in conn.execute(
-            select(series_state, func.count(), func.coalesce(func.sum(Series.instance_count), 0))
-            .group_by(series_state)):
-        snap.series[str(state)] = (int(count), int(stored))
+    # name → (key, key) → (rows, sum); NULL keys (no reason, no pipeline) read as ""
+    counts: defaultdict[str, dict[tuple[str, str], tuple[int, int]]] = defaultdict(dict)
+    for name, first, second, rows, total in conn.execute(_counts()):
+        key = (str(first or ""), str(second or ""))
+        before = counts[name].get(key, (0, 0))
+        counts[name][key] = (before[0] + int(rows), before[1] + int(total))
+    associations = counts["associations"]
+    held, size = counts["instances"].get(("", ""), (0, 0))
+    return IndexSnapshot(
+        series={state: value for (state, _), value in counts["series"].items()},
+        instances_held=held, bytes_held=size,
+        associations={key: rows for key, (rows, _) in associations.items()},
+        duplicates=sum(duplicates for _, duplicates in associations.values()),
+        rejections={kind: rows for (kind, _), (rows, _) in counts["rejections"].items()},
+        jobs={key: rows for key, (rows, _) in counts["jobs"].items()},
+        stage_seconds=_stage_seconds(conn, set(stages)),
+        deliveries=counts["deliveries"],
+        destinations=[DestinationCheck(str(destination), bool(reachable), as_utc(checked_at))
+                      for destination, reachable, checked_at in conn.execute(
+                          select(DestinationHealth.destination, DestinationHealth.reachable,
+                                 DestinationHealth.checked_at)
+                          .order_by(DestinationHealth.destination))])
 
-    held, size = conn.execute(
-        select(func.count(), func.coalesce(func.sum(Instance.size), 0))
-        .select_from(Instance)).one()
-    snap.instances_held, snap.bytes_held = int(held), int(size)
 
-    outcome = _text(Association.outcome)
-    for state, reason, count, duplicates in conn.execute(
-            select(outcome, Association.reason, func.count(),
-                   func.coalesce(func.sum(Association.duplicates), 0))
-            .group_by(outcome, Association.reason)):
-        key = (str(state), reason or "")
-        snap.associations[key] = snap.associations.get(key, 0) + int(count)
-        snap.duplicates += int(duplicates)
-
-    for kind, count in conn.execute(
-            select(Rejection.kind, func.count()).group_by(Rejection.kind)):
-        snap.rejections[str(kind)] = int(count)
-
-    job_state = _text(Job.state)
-    for state, pipeline, count in conn.execute(
-            select(job_state, Job.pipeline, func.count()).group_by(job_state, Job.pipeline)):
-        key = (str(state), pipeline or "")
-        snap.jobs[key] = snap.jobs.get(key, 0) + int(count)
-
-    wanted = set(stages)
+def _stage_seconds(conn: Connection, wanted: set[str]) -> dict[tuple[str, str], list[float]]:
+    """(pipeline, stage) → the seconds each routed job spent in that stage."""
+    found: dict[tuple[str, str], list[float]] = {}
     for job_id, pipeline, times in conn.execute(
             select(Job.id, Job.pipeline, Job.stage_times).where(Job.pipeline.is_not(None))):
         try:
@@ -137,18 +170,5 @@ def _read(conn: Connection, stages: tuple[str, ...]) -> IndexSnapshot:
             continue
         for stage, value in seconds.items():
             if stage in wanted:
-                snap.stage_seconds.setdefault((str(pipeline), stage), []).append(value)
-
-    delivery_state = _text(Delivery.state)
-    for destination, state, count, attempts in conn.execute(
-            select(Delivery.destination, delivery_state, func.count(),
-                   func.coalesce(func.sum(Delivery.attempts), 0))
-            .group_by(Delivery.destination, delivery_state)):
-        snap.deliveries[(str(destination), str(state))] = (int(count), int(attempts))
-
-    for destination, reachable, checked_at in conn.execute(
-            select(DestinationHealth.destination, DestinationHealth.reachable,
-                   DestinationHealth.checked_at).order_by(DestinationHealth.destination)):
-        snap.destinations.append(DestinationCheck(str(destination), bool(reachable),
-                                                  as_utc(checked_at)))
-    return snap
+                found.setdefault((str(pipeline), stage), []).append(value)
+    return found
