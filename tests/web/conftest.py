@@ -3,6 +3,7 @@ loopback port, users written by ``dicomnode users add``, and HTTP clients (httpx
 
 from __future__ import annotations
 
+import itertools
 import socket
 import subprocess
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.postgres import new_database
 from tests.service.conftest import (  # noqa: F401 - shared fixtures
     RunningNode,
     _cli,
@@ -23,6 +25,7 @@ from tests.service.conftest import (  # noqa: F401 - shared fixtures
     running_nodes,
 )
 
+_DATABASES = itertools.count(1)
 PASSWORDS = {"olga": "operator-secret", "victor": "viewer-secret"}
 ROLES = {"olga": "operator", "victor": "viewer"}
 METRICS_TOKEN = "scrape-token"
@@ -80,12 +83,19 @@ class Console:
 
 
 @pytest.fixture(scope="module")
-def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    """One node for the module, with the users ``olga`` (operator) and ``victor`` (viewer)."""
+def console(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+            ) -> Iterator[Console]:
+    """One node for the module, with the users ``olga`` (operator) and ``victor`` (viewer).
+
+    Its index is SQLite, or a fresh PostgreSQL database where a module parametrizes the fixture
+    indirectly with ``"postgresql"``."""
     with running_nodes(tmp_path_factory.mktemp("web")) as launch:
         port, web_port = free_port(), free_port()
         config = web_config(port, web_port, users_file="users.yaml",
                             public_url="https://node.example.org/", metrics_token=METRICS_TOKEN)
+        if getattr(request, "param", "sqlite") == "postgresql":
+            config["storage"]["database_url"] = new_database(
+                request.getfixturevalue("postgres_server"), f"web_{next(_DATABASES)}")
         root = tmp_path_factory.mktemp("users")
         (root / "config.yaml").write_text(f"web:\n  users_file: {root / 'users.yaml'}\n")
         for name, password in PASSWORDS.items():

@@ -17,6 +17,11 @@ from pydicom.dataset import Dataset
 from tests.service.conftest import echoscu, storescu, write_ct_series, write_short_pixel_data
 from tests.web.conftest import METRICS_TOKEN, Console
 
+# Every test twice: the index in SQLite, then in a real PostgreSQL (the console's queries, date
+# filters and writes of the audit on both engines).
+pytestmark = pytest.mark.parametrize("console", ["sqlite", "postgresql"], indirect=True,
+                                     scope="module")
+
 READS = ["/api/v1/me", "/api/v1/series", "/api/v1/jobs", "/api/v1/destinations",
          "/api/v1/associations", "/api/v1/refusals", "/api/v1/audit"]
 
