@@ -280,16 +280,16 @@ def misaligned_frames(seg: Dataset) -> list[int]:
     return [i for i in holding_frames(seg) if i * size % 8]
 
 
-def finish(seg: Dataset, plan: FramePlan, frame_keys: Sequence[tuple[str, int]]) -> None:
+def finish(seg: Dataset, plan: FramePlan, frame_keys: Sequence[tuple[str, int]]) -> bool:
     """Clear the plan's pokes in ``seg``'s Pixel Data, put its frames in the planned order,
-    widen it to 16 bits if planned, and make a pad byte that stays a NUL.
+    widen it to 16 bits if planned, and make a pad byte that stays a NUL. Returns whether
+    the frames were reordered (an index of them built before is then out of step).
 
     ``frame_keys``: (SOP Instance UID, frame number) of each label-map frame, which the
     frames' Derivation Image Sequence references."""
     if plan.pokes:
         _clear_pokes(seg, plan.pokes, frame_keys)
-    if plan.align > 1:
-        _align(seg, plan.align)
+    reordered = plan.align > 1 and _align(seg, plan.align)
     if plan.widen:
         frames = int(seg.NumberOfFrames)
         values = np.frombuffer(seg.PixelData, np.uint8, count=seg.Rows * seg.Columns * frames)
@@ -303,25 +303,25 @@ def finish(seg: Dataset, plan: FramePlan, frame_keys: Sequence[tuple[str, int]])
         data = seg.PixelData
         if len(data) != size + size % 2 or (size % 2 and data[-1] != 0):
             seg.PixelData = data[:size] + b"\0" * (size % 2)
+    return reordered
 
 
-def _align(seg: Dataset, k: int) -> None:
+def _align(seg: Dataset, k: int) -> bool:
     """Reorder the frames of a native 1-bit ``seg`` so that those holding pixels start on a
-    byte: Per-frame Functional Groups items and the frames' bits together."""
+    byte: Per-frame Functional Groups items and the frames' bits together. Returns whether
+    any frame moved."""
     bits = frame_bits(seg)
     holds = np.count_nonzero(bits, axis=1) > 0
     order = aligned_order([bool(h) for h in holds], k)
     if order == list(range(len(order))):
-        return
+        return False
     items = list(seg.PerFrameFunctionalGroupsSequence)
     seg.PerFrameFunctionalGroupsSequence = [items[i] for i in order]
     seg.PixelData = np.packbits(bits[order], bitorder="little").tobytes()
     if seg.get("DimensionOrganizationType") == "3D":
         # highdicom's 3D: the frames in their stored order are an equally spaced stack
         del seg.DimensionOrganizationType
-    rebuild = getattr(seg, "_build_luts", None)
-    if rebuild is not None:
-        rebuild()  # highdicom's frame look-up tables follow the new order
+    return True
 
 
 def segment_number(seg: Dataset, item: Dataset) -> int:

@@ -216,8 +216,11 @@ def build_segmentation(
         transfer_syntax_uid=syntax,
         omit_empty_frames=plan.omit_empty_frames,
     )
-    finish(seg, plan, [(str(ds.SOPInstanceUID), number or 1)
-                       for ds in source_images for number in frame_numbers(ds)])
+    if finish(seg, plan, [(str(ds.SOPInstanceUID), number or 1)
+                          for ds in source_images for number in frame_numbers(ds)]):
+        # highdicom indexed the frames in its own order; from_dataset indexes them anew, in
+        # place (copy=False), so that the returned object answers from the order written
+        seg = hd.seg.Segmentation.from_dataset(seg, copy=False)
     if plan.pad:
         logger.warning("SEG %s: no empty (segment, source frame) frame can be added or left "
                        "out, so its %d-byte bit-packed Pixel Data keeps the pad byte, which "
