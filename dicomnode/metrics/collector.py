@@ -73,12 +73,12 @@ class Spec:
     help: str
 
     def family(self) -> Metric:
-        labels = list(self.labels)
-        if self.kind == "counter":
-            return CounterMetricFamily(self.name, self.help, labels=labels)
-        if self.kind == "gauge":
-            return GaugeMetricFamily(self.name, self.help, labels=labels)
-        return HistogramMetricFamily(self.name, self.help, labels=labels)
+        return FAMILY_TYPES[self.kind](self.name, self.help, labels=list(self.labels))
+
+
+FAMILY_TYPES: dict[str, type[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]] = {
+    "counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
+    "histogram": HistogramMetricFamily}
 
 
 SPECS: tuple[Spec, ...] = (
@@ -166,6 +166,26 @@ class Buckets:
         return out
 
 
+class Families:
+    """One scrape's families (every one of :data:`SPECS`, in order), samples added by name."""
+
+    def __init__(self) -> None:
+        self.by_name = {spec.name: spec.family() for spec in SPECS}
+
+    def add(self, name: str, value: float, *labels: str) -> None:
+        """A sample on a counter or gauge."""
+        family = self.by_name[name]
+        assert isinstance(family, CounterMetricFamily | GaugeMetricFamily), name
+        family.add_metric(list(labels), value)
+
+    def histogram(self, name: str, bounds: tuple[float, ...], values: Iterable[float],
+                  *labels: str) -> None:
+        family = self.by_name[name]
+        assert isinstance(family, HistogramMetricFamily), name
+        counted = Buckets(bounds, values)
+        family.add_metric(list(labels), counted.cumulative(), counted.total)
+
+
 class NodeCollector:
     """A custom collector (``collect``/``describe``) over one index, storage and configuration.
 
@@ -185,44 +205,43 @@ class NodeCollector:
 
     def collect(self) -> Iterator[Metric]:
         snap = read_index(self.engine, QUEUE_STATES)
-        families = {spec.name: spec.family() for spec in SPECS}
-        self._instances(families, snap)
-        self._associations(families, snap)
-        self._jobs(families, snap)
-        self._deliveries(families, snap)
-        self._host(families, snap)
-        yield from families.values()
+        out = Families()
+        self._instances(out, snap)
+        self._associations(out, snap)
+        self._jobs(out, snap)
+        self._deliveries(out, snap)
+        self._host(out)
+        yield from out.by_name.values()
 
     # -- receiving ---------------------------------------------------------------------------
 
     @staticmethod
-    def _instances(families: dict[str, Metric], snap: IndexSnapshot) -> None:
+    def _instances(out: Families, snap: IndexSnapshot) -> None:
         conflicts = snap.rejections.get(RejectKind.UID_CONFLICT.value, 0)
         refused = sum(n for kind, n in snap.rejections.items()
                       if kind not in CONTEXT_REFUSALS) - conflicts
         received = {"stored": sum(stored for _, stored in snap.series.values()),
                     "duplicate": snap.duplicates, "conflict": conflicts, "refused": refused}
-        family = families["dicomnode_instances_received_total"]
         for outcome in INSTANCE_OUTCOMES:
-            _add(family, [outcome], received[outcome])
+            out.add("dicomnode_instances_received_total", received[outcome], outcome)
         kinds = {**{kind.value: 0 for kind in RejectKind}, **snap.rejections}
         for kind in sorted(kinds):
-            _add(families["dicomnode_refusals_total"], [kind], kinds[kind])
-        _add(families["dicomnode_instances_held"], [], snap.instances_held)
-        _add(families["dicomnode_instances_held_bytes"], [], snap.bytes_held)
+            out.add("dicomnode_refusals_total", kinds[kind], kind)
+        out.add("dicomnode_instances_held", snap.instances_held)
+        out.add("dicomnode_instances_held_bytes", snap.bytes_held)
         for state in (SeriesState.RECEIVING.value, SeriesState.COMPLETE.value,
                       *sorted(set(snap.series) - {s.value for s in SeriesState})):
-            _add(families["dicomnode_series"], [state], snap.series.get(state, (0, 0))[0])
+            out.add("dicomnode_series", snap.series.get(state, (0, 0))[0], state)
 
     @staticmethod
-    def _associations(families: dict[str, Metric], snap: IndexSnapshot) -> None:
+    def _associations(out: Families, snap: IndexSnapshot) -> None:
         open_now = 0
         for (outcome, reason), count in sorted(snap.associations.items()):
             if outcome == "open":
                 open_now += count
             else:
-                _add(families["dicomnode_associations_total"], [outcome, reason], count)
-        _add(families["dicomnode_associations_open"], [], open_now)
+                out.add("dicomnode_associations_total", count, outcome, reason)
+        out.add("dicomnode_associations_open", open_now)
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -231,73 +250,61 @@ class NodeCollector:
         configured = {p for rule in self.config.routing.rules for p in rule.pipelines}
         return sorted(configured | {pipeline for _, pipeline in snap.jobs})
 
-    def _jobs(self, families: dict[str, Metric], snap: IndexSnapshot) -> None:
+    def _jobs(self, out: Families, snap: IndexSnapshot) -> None:
         pipelines = self._pipelines(snap)
         states = {state for state, _ in snap.jobs}
         ended = [*END_STATES, *sorted(states - set(END_STATES) - set(QUEUE_STATES))]
         for pipeline in pipelines:
             for state in ended:
-                _add(families["dicomnode_jobs_total"], [state, pipeline],
-                     snap.jobs.get((state, pipeline), 0))
+                out.add("dicomnode_jobs_total", snap.jobs.get((state, pipeline), 0),
+                        state, pipeline)
             for state in QUEUE_STATES:
-                _add(families["dicomnode_jobs_queued"], [state, pipeline],
-                     snap.jobs.get((state, pipeline), 0))
-        stage_family = families["dicomnode_job_stage_duration_seconds"]
-        inference = families["dicomnode_inference_duration_seconds"]
-        assert isinstance(stage_family, HistogramMetricFamily)
-        assert isinstance(inference, HistogramMetricFamily)
+                out.add("dicomnode_jobs_queued", snap.jobs.get((state, pipeline), 0),
+                        state, pipeline)
         for pipeline in (p for p in pipelines if p):  # routed jobs only: they have one
             for stage in QUEUE_STATES:
-                seconds = Buckets(STAGE_BUCKETS, snap.stage_seconds.get((pipeline, stage), []))
-                stage_family.add_metric([pipeline, stage], seconds.cumulative(), seconds.total)
-            model = Buckets(INFERENCE_BUCKETS,
-                            snap.stage_seconds.get((pipeline, INFERENCE_STAGE), []))
-            inference.add_metric([pipeline], model.cumulative(), model.total)
+                out.histogram("dicomnode_job_stage_duration_seconds", STAGE_BUCKETS,
+                              snap.stage_seconds.get((pipeline, stage), []), pipeline, stage)
+            out.histogram("dicomnode_inference_duration_seconds", INFERENCE_BUCKETS,
+                          snap.stage_seconds.get((pipeline, INFERENCE_STAGE), []), pipeline)
 
-    def _deliveries(self, families: dict[str, Metric], snap: IndexSnapshot) -> None:
+    def _deliveries(self, out: Families, snap: IndexSnapshot) -> None:
         destinations = sorted(set(self.config.destinations)
                               | {destination for destination, _ in snap.deliveries})
         for destination in destinations:
             by_state = {state: snap.deliveries.get((destination, state), (0, 0))
                         for state in (s.value for s in DeliveryState)}
             for state in (DeliveryState.DELIVERED.value, DeliveryState.DEAD.value):
-                _add(families["dicomnode_deliveries_total"], [destination, state],
-                     by_state[state][0])
-            _add(families["dicomnode_deliveries_pending"], [destination],
-                 by_state[DeliveryState.PENDING.value][0])
+                out.add("dicomnode_deliveries_total", by_state[state][0], destination, state)
+            out.add("dicomnode_deliveries_pending", by_state[DeliveryState.PENDING.value][0],
+                    destination)
             attempts = sum(made for _, made in by_state.values())
             delivered = by_state[DeliveryState.DELIVERED.value][0]  # each succeeded once
-            _add(families["dicomnode_delivery_failed_attempts_total"], [destination],
-                 max(attempts - delivered, 0))
+            out.add("dicomnode_delivery_failed_attempts_total", max(attempts - delivered, 0),
+                    destination)
         for check in snap.destinations:
-            _add(families["dicomnode_destination_reachable"], [check.destination],
-                 1 if check.reachable else 0)
-            _add(families["dicomnode_destination_last_check_timestamp_seconds"],
-                 [check.destination], check.checked_at.timestamp())
+            out.add("dicomnode_destination_reachable", 1 if check.reachable else 0,
+                    check.destination)
+            out.add("dicomnode_destination_last_check_timestamp_seconds",
+                    check.checked_at.timestamp(), check.destination)
 
     # -- the machine -------------------------------------------------------------------------
 
-    def _host(self, families: dict[str, Metric], snap: IndexSnapshot) -> None:
+    def _host(self, out: Families) -> None:
         free = storage_free_bytes(self.layout)
         if free is not None:
-            _add(families["dicomnode_storage_free_bytes"], [], free)
-        _add(families["dicomnode_storage_reserve_bytes"], [], self.config.storage.min_free)
+            out.add("dicomnode_storage_free_bytes", free)
+        out.add("dicomnode_storage_reserve_bytes", self.config.storage.min_free)
         for model in installed_models(self.config.models.path):
-            _add(families["dicomnode_model_installed"], [model.name, model.pipeline],
-                 1 if model.installed else 0)
+            out.add("dicomnode_model_installed", 1 if model.installed else 0,
+                    model.name, model.pipeline)
         for gpu in gpu_memory(self.config.models.device):
-            _add(families["dicomnode_gpu_memory_allocated_bytes"], [gpu.device], gpu.allocated)
-            _add(families["dicomnode_gpu_memory_reserved_bytes"], [gpu.device], gpu.reserved)
+            out.add("dicomnode_gpu_memory_allocated_bytes", gpu.allocated, gpu.device)
+            out.add("dicomnode_gpu_memory_reserved_bytes", gpu.reserved, gpu.device)
             if gpu.used is not None:
-                _add(families["dicomnode_gpu_memory_used_bytes"], [gpu.device], gpu.used)
+                out.add("dicomnode_gpu_memory_used_bytes", gpu.used, gpu.device)
             if gpu.total is not None:
-                _add(families["dicomnode_gpu_memory_total_bytes"], [gpu.device], gpu.total)
-
-
-def _add(family: Metric, labels: list[str], value: float) -> None:
-    """A sample on a counter or gauge family."""
-    assert isinstance(family, CounterMetricFamily | GaugeMetricFamily)
-    family.add_metric(labels, value)
+                out.add("dicomnode_gpu_memory_total_bytes", gpu.total, gpu.device)
 
 
 def registry(engine: Engine, layout: StorageLayout, config: Config) -> CollectorRegistry:
