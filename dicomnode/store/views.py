@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from dicomnode.store.jobs import Delivery, DestinationHealth, Job
 from dicomnode.store.models import Association, OperatorAction, Rejection, Series, as_utc
@@ -103,11 +103,15 @@ def operator_action_json(a: OperatorAction) -> dict[str, Any]:
             "action": a.action, "target": a.target, "outcome": a.outcome, "detail": a.detail}
 
 
-def _audit(session: Session, query: Select[Any], group: Any, newest: Any, limit: int,
-           offset: int, key: str, render: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+def _audit(session: Session, model: type[Association | Rejection],
+           column: InstrumentedAttribute[Any], only: str | None, limit: int, offset: int,
+           key: str, render: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Every row of ``model`` counted by ``column`` (under ``key``), the newest listed (those
+    whose ``column`` is ``only``, when given)."""
     counts: dict[Any, int] = dict(
-        session.execute(select(group, func.count()).group_by(group)).all())
-    rows = session.scalars(query.order_by(newest.desc()).limit(limit).offset(offset)).all()
+        session.execute(select(column, func.count()).group_by(column)).all())
+    query = select(model).where(column == only) if only else select(model)
+    rows = session.scalars(query.order_by(model.id.desc()).limit(limit).offset(offset)).all()
     return {"total": sum(counts.values()), key: {str(k): v for k, v in counts.items()},
             "recent": [render(row) for row in rows]}
 
@@ -116,10 +120,7 @@ def associations_json(session: Session, limit: int, offset: int = 0,
                       outcome: str | None = None) -> dict[str, Any]:
     """``{"total", "by_outcome", "recent"}``: every association counted, the newest listed
     (of ``outcome`` only, when given)."""
-    query = select(Association)
-    if outcome:
-        query = query.where(Association.outcome == outcome)
-    return _audit(session, query, Association.outcome, Association.id, limit, offset,
+    return _audit(session, Association, Association.outcome, outcome, limit, offset,
                   "by_outcome", association_json)
 
 
@@ -127,8 +128,5 @@ def rejections_json(session: Session, limit: int, offset: int = 0,
                     kind: str | None = None) -> dict[str, Any]:
     """``{"total", "by_kind", "recent"}``: every refused instance counted, the newest listed
     (of ``kind`` only, when given)."""
-    query = select(Rejection)
-    if kind:
-        query = query.where(Rejection.kind == kind)
-    return _audit(session, query, Rejection.kind, Rejection.id, limit, offset, "by_kind",
+    return _audit(session, Rejection, Rejection.kind, kind, limit, offset, "by_kind",
                   rejection_json)
