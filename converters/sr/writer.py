@@ -47,6 +47,7 @@ from pydicom.sr.coding import Code
 from ..instance import is_multiframe
 from ..measurements.findings import Findings
 from ..measurements.geometry import frame_planes
+from ..measurements.spine import BodyHeights
 from ..results.identity import (
     SR_SERIES_OFFSET,
     derived_uid,
@@ -149,26 +150,28 @@ def _volume_and_mean(key: tuple[str, str], findings: Findings,
     return out
 
 
-def _body_height(where: Code, value: float, algorithm: hd.sr.AlgorithmIdentification,
-                 **kw: Any) -> hd.sr.Measurement:
-    site = hd.sr.FindingSite(VERTEBRAL_BODY, topographical_modifier=where)
-    return _num(codes.DCM.Height, value, MILLIMETER, algorithm, finding_sites=[site], **kw)
+def _body_heights(h: BodyHeights, algorithm: hd.sr.AlgorithmIdentification,
+                  drawn: Sequence[hd.sr.CoordinatesForMeasurement
+                                  | hd.sr.CoordinatesForMeasurement3D] | None = None
+                  ) -> list[hd.sr.Measurement]:
+    """The anterior, middle and posterior heights of a vertebral body, each inferred from
+    its line in ``drawn`` when given."""
+    coords = [None] * 3 if drawn is None else [[line] for line in drawn]
+    return [_num(codes.DCM.Height, value, MILLIMETER, algorithm,
+                 finding_sites=[hd.sr.FindingSite(VERTEBRAL_BODY, topographical_modifier=where)],
+                 referenced_coordinates=line)
+            for where, value, line in zip(
+                HEIGHT_SITES, (h.anterior_mm, h.middle_mm, h.posterior_mm), coords, strict=True)]
 
 
-def _heights(key: tuple[str, str], s: Structure, findings: Findings,
-             algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement]:
-    """The body heights (anterior, middle, posterior), or the disc height, of ``key``."""
-    out = []
-    if key in findings.heights:
-        h = findings.heights[key]
-        for where, value in zip(HEIGHT_SITES, (h.anterior_mm, h.middle_mm, h.posterior_mm),
-                                strict=True):
-            out.append(_body_height(where, value, algorithm))
-    if key in findings.disc_heights:
-        out.append(_num(codes.DCM.Height, findings.disc_heights[key], MILLIMETER, algorithm,
-                        finding_sites=[hd.sr.FindingSite(
-                            s.type, topographical_modifier=codes.SCT.Central)]))
-    return out
+def _disc_height(key: tuple[str, str], s: Structure, findings: Findings,
+                 algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement]:
+    """The disc height of ``key``, if it is a disc."""
+    if key not in findings.disc_heights:
+        return []
+    site = hd.sr.FindingSite(s.type, topographical_modifier=codes.SCT.Central)
+    return [_num(codes.DCM.Height, findings.disc_heights[key], MILLIMETER, algorithm,
+                 finding_sites=[site])]
 
 
 def _measurements(
@@ -187,12 +190,11 @@ def _measurements(
     for axis, value in zip(("X", "Y", "Z"), st.centroid, strict=True):
         out.append(num(getattr(codes.DCM, f"ImagePositionPatient{axis}"), value, MILLIMETER,
                        method=codes.DCM.CenterOfMass))
-    heights = _heights(key, s, findings, algorithm)
-    if key in findings.heights:
-        out.extend(heights[:3])
-        out.append(num(private_code("HLR"), findings.heights[key].height_loss_ratio, RATIO))
-        heights = heights[3:]
-    out.extend(heights)  # the disc height
+    h = findings.heights.get(key)
+    if h is not None:
+        out.extend(_body_heights(h, algorithm))
+        out.append(num(private_code("HLR"), h.height_loss_ratio, RATIO))
+    out.extend(_disc_height(key, s, findings, algorithm))
     if findings.trabecular_l1 and findings.trabecular_l1[:2] == key:
         out.append(num(codes.DCM.AttenuationCoefficient, findings.trabecular_l1[2], HOUNSFIELD,
                        derivation=codes.SCT.Mean, method=private_code("TRAB")))
@@ -232,8 +234,10 @@ def _structure_groups(
             uid=derived_uid(source, pipeline, "track", layer, s.key, *what),
             identifier=" ".join((s.label, *what)))
 
-    shown = _volume_and_mean(key, findings, algorithm, sd=False) + \
-        _heights(key, s, findings, algorithm)
+    h = findings.heights.get(key)
+    shown = [*_volume_and_mean(key, findings, algorithm, sd=False),
+             *(_body_heights(h, algorithm) if h is not None else ()),
+             *_disc_height(key, s, findings, algorithm)]
     groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
                  | hd.sr.MeasurementsAndQualitativeEvaluations
                  | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = [
@@ -241,15 +245,10 @@ def _structure_groups(
             tracking_identifier=tracking("centroid"),
             referenced_region=point_on_image(frames, centroid),
             geometric_purpose=codes.DCM.CenterOfMass, measurements=shown, **about)]
-    h = findings.heights.get(key)
     if h is not None and h.lines is not None:
-        drawn = lines(frames, h.lines, frame_of_reference)
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking("heights"),
-            measurements=[_body_height(where, value, algorithm, referenced_coordinates=[coords])
-                          for where, value, coords in zip(
-                              HEIGHT_SITES, (h.anterior_mm, h.middle_mm, h.posterior_mm), drawn,
-                              strict=True)],
+            measurements=_body_heights(h, algorithm, lines(frames, h.lines, frame_of_reference)),
             **about))
     groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking(),
