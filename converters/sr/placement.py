@@ -37,11 +37,6 @@ class FramePlane:
         normal: np.ndarray = np.cross(self.row_dir, self.col_dir)
         return normal
 
-    def distance(self, points: np.ndarray) -> np.ndarray:
-        """Signed distance (mm) of (n, 3) patient points from the plane."""
-        distance: np.ndarray = (np.asarray(points, float) - self.position) @ self.normal
-        return distance
-
     def to_image(self, points: np.ndarray) -> np.ndarray:
         """(n, 3) patient points → (n, 2) SCOORD (column, row) of their projections."""
         d = np.asarray(points, float) - self.position
