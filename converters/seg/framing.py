@@ -58,6 +58,7 @@ The frames are chosen so:
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from math import gcd
@@ -194,9 +195,12 @@ def _distances(present: np.ndarray) -> np.ndarray:
 
 
 def _pokes(flat: np.ndarray, kept: Sequence[tuple[int, int]], binary: bool) -> list[Poke]:
+    segments_of: dict[int, list[int]] = defaultdict(list)
+    for k, s in kept:
+        segments_of[k].append(s)
     out: list[Poke] = []
-    for k in sorted({k for k, _ in kept}):
-        segments = sorted(s for kk, s in kept if kk == k)
+    for k in sorted(segments_of):
+        segments = sorted(segments_of[k])
         background = np.flatnonzero(flat[k] == 0)[:len(segments)]
         out.extend(Poke(k, int(p), s + 1 if binary else 1)
                    for p, s in zip(background, segments, strict=True))
