@@ -114,8 +114,11 @@ def plan_frames(pixels: np.ndarray, n_segments: int, binary: bool, omit_empty_fr
     if encapsulated or (not binary and n_segments > 255):
         return plain  # items of compressed frames; or 16-bit frames, always even
     n_frames, rows, columns = pixels.shape
-    flat = pixels.reshape(n_frames, rows * columns)
     bits = 1 if binary else 8
+    align = alignment(rows, columns) if binary else 1
+    if align == 1 and native_length(rows, columns, 1, bits) % 2 == 0:
+        return plain  # whole, even-length frames (512 × 512): no count of them is odd
+    flat = pixels.reshape(n_frames, rows * columns)
     counts = np.stack([np.bincount(f, minlength=n_segments + 1) for f in flat])
     # (frame, segment) holds voxels; LABELMAP: (frame, 0) holds any
     present: np.ndarray = counts[:, 1:] > 0
@@ -123,7 +126,6 @@ def plan_frames(pixels: np.ndarray, n_segments: int, binary: bool, omit_empty_fr
         present = np.any(present, axis=1).reshape(n_frames, 1)
     real = int(present.sum())  # frames that hold segment pixels
     total = present.size  # every (frame, segment) pair
-    align = alignment(rows, columns) if binary else 1
 
     def even(frames: int) -> bool:
         return frames <= 1 or native_length(rows, columns, frames, bits) % 2 == 0
