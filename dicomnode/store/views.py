@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from dicomnode.store.jobs import Delivery, DestinationHealth, Job
 from dicomnode.store.models import Association, OperatorAction, Rejection, Series, as_utc
+
+Model = TypeVar("Model")
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -47,13 +49,25 @@ def job_json(job: Job, deliveries: Iterable[Delivery]) -> dict[str, Any]:
     }
 
 
+#: Ids in one ``IN (...)``: PostgreSQL takes at most 65,535 parameters a statement, and
+#: ``dicomnode status`` passes every job.
+IDS_PER_QUERY = 1000
+
+
+def rows_for_jobs(session: Session, query: Select[Model],
+                  job_id: InstrumentedAttribute[int], ids: Sequence[int]) -> list[Model]:
+    """The rows of ``query`` whose ``job_id`` is one of ``ids``, read in lists of
+    :data:`IDS_PER_QUERY` ids (each job's rows in ``query``'s order)."""
+    return [row for start in range(0, len(ids), IDS_PER_QUERY)
+            for row in session.scalars(query.where(job_id.in_(ids[start:start + IDS_PER_QUERY])))]
+
+
 def jobs_json(session: Session, jobs: Sequence[Job]) -> list[dict[str, Any]]:
-    """:func:`job_json` of each job, their deliveries read in one query."""
+    """:func:`job_json` of each job, their deliveries read together."""
     deliveries: dict[int, list[Delivery]] = {}
-    if jobs:
-        for delivery in session.scalars(select(Delivery).where(
-                Delivery.job_id.in_([j.id for j in jobs])).order_by(Delivery.id)).all():
-            deliveries.setdefault(delivery.job_id, []).append(delivery)
+    for delivery in rows_for_jobs(session, select(Delivery).order_by(Delivery.id),
+                                  Delivery.job_id, [j.id for j in jobs]):
+        deliveries.setdefault(delivery.job_id, []).append(delivery)
     return [job_json(j, deliveries.get(j.id, [])) for j in jobs]
 
 
