@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from dicomnode.storage import StorageLayout
 from dicomnode.store import AssociationOutcome, DestinationHealth, Instance, Job, Series
@@ -66,7 +66,9 @@ def collect_status(engine: Engine, layout: StorageLayout | None = None) -> dict[
     :mod:`dicomnode.store.views`, which the console's API serves too."""
 
     with Session(engine) as session:
-        series = session.scalars(select(Series).order_by(Series.first_received_at)).all()
+        # every series' study in one more query, not one lazy load per study
+        series = session.scalars(select(Series).options(selectinload(Series.study))
+                                 .order_by(Series.first_received_at)).all()
         jobs = session.scalars(select(Job).order_by(Job.id)).all()
         health = session.scalars(select(DestinationHealth)).all()
         instances = session.scalar(select(func.count()).select_from(Instance)) or 0
