@@ -52,13 +52,14 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.load_series import write_series  # noqa: E402
 from benchmarks.report import report  # noqa: E402
-from tests.models.train_small_model import CT as EXAMPLE_CT  # noqa: E402
+from tests.models.train_small_model import (  # noqa: E402
+    CT as EXAMPLE_CT,
+    TRAINED_CT_MODEL as TRAINED_MODEL,
+)
 from tests.orthanc import Orthanc  # noqa: E402
 from tests.service.conftest import RunningNode, free_port, storescu  # noqa: E402
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
-TRAINED_MODEL = (REPO / "tests" / "models" / "fixtures" / "vbct-small"
-                 / "nnUNetTrainer__nnUNetResEncUNetMPlans__3d_fullres")
 TARGET_OVERHEAD_S = 3.0
 
 

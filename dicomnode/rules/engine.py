@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from dicomnode.config import RoutingConfig, RuleConfig, RuleMatch
 from dicomnode.rules.facts import SeriesFacts
@@ -52,6 +53,18 @@ class RoutingDecision:
             for pipeline in outcome.rule.pipelines:
                 seen.setdefault(pipeline, outcome.rule)
         return list(seen.items())
+
+    def as_json(self) -> dict[str, Any]:
+        """The decision as ``dicomnode rules test --json`` and ``POST /api/v1/rules/test``
+        report it: what fires, then every rule's conditions."""
+        return {
+            "matched_rules": [o.rule.name for o in self.selected],
+            "pipelines": [pipeline for pipeline, _ in self.pipelines],
+            "destinations": sorted({d for o in self.selected for d in o.rule.destinations}),
+            "explanation": [o.explain() for o in self.outcomes],
+            "rules": [{"name": o.rule.name, "matched": o.matched,
+                       "checks": [vars(c) for c in o.checks]} for o in self.outcomes],
+        }
 
 
 def _one_of(name: str, wanted: list[str], actual: str) -> Check:

@@ -9,6 +9,7 @@ frame count of the series, the rules from :func:`dicomnode.rules.route`.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pydicom
 from sqlalchemy import func, select
@@ -31,6 +32,31 @@ def _describe(uid: str) -> str:
     return f"{name} ({uid})" if name != uid else uid
 
 
+def first_instance(session: Session, series_id: int) -> tuple[Instance, str]:
+    """The series' first instance and the calling AE title that sent it (from the association
+    audit; empty when the audit has none)."""
+    first = session.scalars(select(Instance).where(Instance.series_id == series_id)
+                            .order_by(Instance.id).limit(1)).first()
+    if first is None:
+        raise JobError("no-instances", "the series has no instances in the index")
+    association = (session.get(Association, first.association_id)
+                   if first.association_id is not None else None)
+    return first, association.calling_ae_title if association else ""
+
+
+def series_facts(session: Session, series_id: int, spool_root: Path) -> tuple[SeriesFacts, str]:
+    """The facts rules match on for a held series, and the sender's AE title (else the spool
+    file's Source Application Entity Title): what the router decides with."""
+    first, calling = first_instance(session, series_id)
+    header = pydicom.dcmread(spool_root / first.path, stop_before_pixels=True)
+    if not calling:
+        calling = str(header.file_meta.get("SourceApplicationEntityTitle", "") or "").strip()
+    frames = session.scalar(select(func.sum(func.coalesce(Instance.frames, 1)))
+                            .where(Instance.series_id == series_id)) or 0
+    return (SeriesFacts.from_dataset(header, slices=int(frames), calling_ae_title=calling),
+            calling)
+
+
 class Router:
     """Routes jobs in state ``complete``."""
 
@@ -49,27 +75,9 @@ class Router:
             routed += self.route_job(job_id)
         return routed
 
-    def sender(self, session: Session, series_id: int) -> tuple[Instance, str]:
-        """The series' first instance and the calling AE title that sent it (from the
-        association audit, else the spool file's Source Application Entity Title)."""
-        first = session.scalars(select(Instance).where(Instance.series_id == series_id)
-                                .order_by(Instance.id).limit(1)).first()
-        if first is None:
-            raise JobError("no-instances", "the series has no instances in the index")
-        association = (session.get(Association, first.association_id)
-                       if first.association_id is not None else None)
-        return first, association.calling_ae_title if association else ""
-
     def facts(self, session: Session, job: Job) -> tuple[SeriesFacts, str]:
         """The facts rules match on, and the sender's AE title."""
-        first, calling = self.sender(session, job.series_id)
-        header = pydicom.dcmread(self.spool.root / first.path, stop_before_pixels=True)
-        if not calling:
-            calling = str(header.file_meta.get("SourceApplicationEntityTitle", "") or "").strip()
-        frames = session.scalar(select(func.sum(func.coalesce(Instance.frames, 1)))
-                                .where(Instance.series_id == job.series_id)) or 0
-        return (SeriesFacts.from_dataset(header, slices=int(frames), calling_ae_title=calling),
-                calling)
+        return series_facts(session, job.series_id, self.spool.root)
 
     def route_job(self, job_id: int) -> list[int]:
         """Apply the rules; one job per selected pipeline (the first reuses this row)."""

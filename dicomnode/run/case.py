@@ -129,6 +129,13 @@ class CaseRunner:
                 self._runtime = NnUNetRuntime.from_config(self.models, self.device)
             return self._runtime
 
+    def warm_folders(self) -> list[Path]:
+        """The model folders loaded in this process now (none before the first job: asking
+        does not start the runtime)."""
+        with self._lock:
+            runtime = self._runtime
+        return [folder.path for folder in runtime.loaded()] if runtime is not None else []
+
     def pipeline(self, name: str, model: str | None = None) -> Pipeline:
         """The pipeline ``name`` (running ``model``, else the configured or default one)."""
         from dicomnode.models.pipelines import create_pipeline

@@ -61,7 +61,7 @@ class Node:
         if config.web.enabled:
             self.web_engine = make_engine(layout.database_url)
             self.web = WebServer(config, layout, self.web_engine, sessions, self.stages.control,
-                                 self.stages.health, self.executor.wake)
+                                 self.stages.health, self.executor.wake, self.runner)
         self._stopping = threading.Event()
 
     def start(self) -> None:

@@ -29,6 +29,7 @@ from dicomnode.config import Config
 from dicomnode.health import DestinationChecker
 from dicomnode.jobs.control import JobControl
 from dicomnode.logs import log_event
+from dicomnode.run.case import CaseRunner
 from dicomnode.storage import StorageLayout
 from dicomnode.store import OperatorAction, utcnow
 from dicomnode.web.auth import Authenticator
@@ -53,6 +54,9 @@ class WebContext:
     auth: Authenticator
     #: Called after a retry: the executor looks at the job table at once.
     wake: Callable[[], None]
+    #: The serve's case runner: which models are warm, and ``verify`` on its runtime (none
+    #: where the console runs without one).
+    runner: CaseRunner | None = None
 
     @property
     def base_url(self) -> str:
@@ -88,7 +92,7 @@ def _error(status: int, detail: Any, headers: dict[str, str] | None = None,
 
 def build_app(context: WebContext, metrics: Callable[[], bytes] | None = None) -> FastAPI:
     """The application over ``context``; ``metrics`` renders ``/metrics`` when given."""
-    from dicomnode.web import api, metrics as metrics_route
+    from dicomnode.web import api, metrics as metrics_route, setup_api
 
     app = FastAPI(title="dicomnode", version="1",
                   description="The operator API of a dicomnode: series, jobs, destinations and "
@@ -117,6 +121,7 @@ def build_app(context: WebContext, metrics: Callable[[], bytes] | None = None) -
 
     app.include_router(api.public, prefix=API)
     app.include_router(api.router, prefix=API)
+    app.include_router(setup_api.router, prefix=API)
     if metrics is not None:
         app.include_router(metrics_route.route(metrics, context.config.web.metrics_token))
     return app

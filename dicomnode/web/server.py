@@ -26,6 +26,7 @@ from dicomnode.health import DestinationChecker
 from dicomnode.jobs.control import JobControl
 from dicomnode.logs import log_event
 from dicomnode.metrics import registry
+from dicomnode.run.case import CaseRunner
 from dicomnode.storage import StorageLayout
 from dicomnode.web.app import WebContext, build_app
 from dicomnode.web.auth import Authenticator, WebError, check_exposure, node_secret
@@ -39,7 +40,8 @@ STOP_TIMEOUT = 5.0
 class WebServer:
     def __init__(self, config: Config, layout: StorageLayout, engine: Engine,
                  sessions: sessionmaker[Session], control: JobControl,
-                 checker: DestinationChecker, wake: Callable[[], None]):
+                 checker: DestinationChecker, wake: Callable[[], None],
+                 runner: CaseRunner | None = None):
         self.config = config
         self.layout = layout
         self.engine = engine
@@ -47,6 +49,7 @@ class WebServer:
         self.control = control
         self.checker = checker
         self.wake = wake
+        self.runner = runner
         self._server: uvicorn.Server | None = None
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -61,7 +64,7 @@ class WebServer:
 
         auth = Authenticator(web, node_secret(self.layout.web_secret), refused)
         context = WebContext(self.config, self.layout, self.engine, self.sessions, self.control,
-                             self.checker, auth, self.wake)
+                             self.checker, auth, self.wake, self.runner)
         try:
             self.open = check_exposure(web, context.auth.directory)
         except UsersError as exc:

@@ -53,6 +53,10 @@ LABELS = DATA / "spine_report" / "example_ct_report" / "totalseg.nii.gz"
 TOTALSEG_TO_VBCT: dict[int, int] = {27: 17, 28: 16, 29: 15, 30: 14, 31: 13, 32: 12, 33: 11, 26: 19}
 LUMBAR = (13, 14, 15, 16, 17)  # L1–L5
 PLANS_NAME = "nnUNetResEncUNetMPlans"
+#: The committed model this script made, as `dicomnode models install vertebral-bodies-ct-m`
+#: takes it (tests and benchmarks that need real vertebral bodies install it).
+TRAINED_CT_MODEL = (REPO / "tests" / "models" / "fixtures" / "vbct-small"
+                    / f"nnUNetTrainer__{PLANS_NAME}__3d_fullres")
 #: nnU-Net resamples the 3 mm CT to this spacing (and the probabilities back to 3 mm). On 2 shared
 #: CPU cores a 3 mm network trains at several seconds a step. At 6 mm the patch spans the whole
 #: scan along z (56 slices: sacrum to ribs, the context that tells the levels apart) and 19 cm

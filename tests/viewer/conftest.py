@@ -23,13 +23,12 @@ import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
 from dicomnode.viewer import ViewerStack, install_ohif
+from tests.models.train_small_model import TRAINED_CT_MODEL
 from tests.orthanc import ORTHANC, free_port
 from tests.service.conftest import AE_TITLE, RunningNode, storescu
 from tests.viewer.browser import CHROMIUM, chromium
 
 REPO = Path(__file__).resolve().parents[2]
-TRAINED_CT_MODEL = (REPO / "tests" / "models" / "fixtures" / "vbct-small"
-                    / "nnUNetTrainer__nnUNetResEncUNetMPlans__3d_fullres")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 _missing = [what for what, ok in (("Orthanc", ORTHANC), ("chromium", Path(CHROMIUM).exists()),
