@@ -6,7 +6,8 @@ Every key is declared here; unknown keys are errors. Values of the form ``${NAME
 
 Sections are owned by the stage they configure: ``node`` (the receiver's network identity),
 ``storage`` (spool and database), ``assembly`` (series completion), ``logging``, ``models``
-(weights and inference device), ``web`` (the operator console and its API).
+(weights and inference device), ``web`` (the operator console and its API), ``webhooks``
+(job events POSTed over HTTP).
 """
 
 from __future__ import annotations
@@ -314,6 +315,8 @@ class RuleConfig(_Section):
     destinations: list[str] = Field(default_factory=list)
     #: Higher runs first when several series wait for the GPU.
     priority: int = 0
+    #: Names under ``webhooks`` told when this rule's jobs are done, failed or dead.
+    webhooks: list[str] = Field(default_factory=list)
 
     @field_validator("pipelines")
     @classmethod
@@ -492,6 +495,91 @@ class WebConfig(_Section):
             raise ValueError("must be an http:// or https:// URL, or empty")
         return value.rstrip("/")
 
+    @property
+    def base_url(self) -> str:
+        """Where the console is reached: ``public_url``, else http(s)://host:port."""
+        if self.public_url:
+            return self.public_url
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls.enabled else 'http'}://{host}:{self.port}"
+
+
+#: Job states a webhook can be told about (``webhooks[].events``).
+WebhookEventName = Literal["done", "failed", "dead"]
+WEBHOOK_EVENTS: tuple[WebhookEventName, ...] = get_args(WebhookEventName)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110 5.6.2)
+
+
+class WebhookConfig(_Section):
+    """An HTTP endpoint told, by a JSON POST, when a job is done, failed or dead."""
+
+    name: str = Field(min_length=1, max_length=64)
+    url: str
+    events: list[WebhookEventName] = Field(default_factory=lambda: list(WEBHOOK_EVENTS))
+    #: True: every job's events; false: only those of the rules that list it.
+    all_jobs: bool = False
+    #: Seconds each connect, send and read of a POST may take.
+    timeout: float = Field(default=10.0, gt=0)
+    #: Further attempts after a failed one; then the event is given up.
+    retries: int = Field(default=5, ge=0)
+    #: Seconds before the first retry, doubling up to ``max_backoff``.
+    initial_backoff: float = Field(default=10.0, gt=0)
+    max_backoff: float = Field(default=600.0, gt=0)
+    #: The HMAC-SHA256 key of the ``X-Dicomnode-Signature`` header, read at start from this
+    #: environment variable or file (never written in config.yaml); neither: unsigned.
+    secret_env: str = ""
+    secret_file: Path | None = None
+    #: Extra request headers (e.g. ``Authorization: Bearer ${HOOK_TOKEN}``).
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"https?://[^/]", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[WebhookEventName]) -> list[WebhookEventName]:
+        if not value:
+            raise ValueError(f"name at least one of {', '.join(WEBHOOK_EVENTS)}")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+            if name.lower() in ("content-type", "content-length", "host") \
+                    or name.lower().startswith("x-dicomnode-"):
+                raise ValueError(f"header {name} is set by the node")
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> WebhookConfig:
+        if self.secret_env and self.secret_file is not None:
+            raise ValueError("secret_env and secret_file exclude each other")
+        return self
+
+    def secret(self) -> bytes | None:
+        """The signing key (None: unsigned); raises ValueError when it cannot be read."""
+        if self.secret_env:
+            value = os.environ.get(self.secret_env)
+            if not value:
+                raise ValueError(f"environment variable {self.secret_env} is not set")
+            return value.encode()
+        if self.secret_file is not None:
+            try:
+                key = self.secret_file.read_bytes().strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read {self.secret_file}: {exc.strerror}") from None
+            if not key:
+                raise ValueError(f"{self.secret_file} is empty")
+            return key
+        return None
+
 
 class Config(_Section):
     """The whole of ``config.yaml``."""
@@ -508,6 +596,7 @@ class Config(_Section):
     results: ResultsConfig = Field(default_factory=ResultsConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _destinations_exist(self) -> Config:
@@ -518,6 +607,30 @@ class Config(_Section):
                                      f"{name!r} is not defined under destinations")
         return self
 
+    @model_validator(mode="after")
+    def _webhooks_exist(self) -> Config:
+        names = [hook.name for hook in self.webhooks]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"webhooks[{index}]: name {name!r} is used twice")
+        named = set()
+        for index, rule in enumerate(self.routing.rules):
+            for name in rule.webhooks:
+                if name not in names:
+                    raise ValueError(f"routing.rules[{index}] ({rule.name}).webhooks: webhook "
+                                     f"{name!r} is not defined under webhooks")
+                named.add(name)
+        for index, hook in enumerate(self.webhooks):
+            if not hook.all_jobs and hook.name not in named:
+                raise ValueError(f"webhooks[{index}] ({hook.name}): no rule lists it under "
+                                 "webhooks and all_jobs is false, so it would never be called")
+        return self
+
+    def webhooks_for(self, rule: str | None) -> list[WebhookConfig]:
+        """The webhooks a job of rule ``rule`` tells (None: a job no rule took yet)."""
+        listed = {name for r in self.routing.rules if r.name == rule for name in r.webhooks}
+        return [hook for hook in self.webhooks if hook.all_jobs or hook.name in listed]
+
     def resolve_paths(self, base: Path) -> Config:
         """Make relative paths relative to ``base`` (the folder of the config file)."""
         def absolute(p: Path) -> Path:
@@ -527,6 +640,9 @@ class Config(_Section):
         self.models.path = absolute(self.models.path)
         if self.logging.file is not None:
             self.logging.file = absolute(self.logging.file)
+        for hook in self.webhooks:
+            if hook.secret_file is not None:
+                hook.secret_file = absolute(hook.secret_file)
         web = self.web
         if web.users_file is not None:
             web.users_file = absolute(web.users_file)

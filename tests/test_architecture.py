@@ -30,8 +30,8 @@ FLOORS: list[tuple[str, ...]] = [
     # the stages at the edges and the model pipelines
     ("dicomnode.receiver", "dicomnode.assembler", "dicomnode.models", "dicomnode.dispatcher",
      "dicomnode.rules"),
-    # the middle: run a case, health, retention
-    ("dicomnode.run", "dicomnode.health", "dicomnode.retention"),
+    # the middle: run a case, health, retention, webhooks (back-off shared with dispatch)
+    ("dicomnode.run", "dicomnode.health", "dicomnode.retention", "dicomnode.webhooks"),
     ("dicomnode.jobs",),
     # Prometheus metrics read from the index, the storage and the host (no node state)
     ("dicomnode.metrics",),

@@ -3,6 +3,6 @@
 
 The stages themselves live with their concern: routing in :mod:`dicomnode.rules.router`, the
 run in :mod:`dicomnode.run.worker`, delivery in :mod:`dicomnode.dispatcher.queue`, health in
-:mod:`dicomnode.health`, retention in :mod:`dicomnode.retention`; states in
-:mod:`dicomnode.store.jobs`.
+:mod:`dicomnode.health`, retention in :mod:`dicomnode.retention`, webhooks in
+:mod:`dicomnode.webhooks`; states in :mod:`dicomnode.store.jobs`.
 """

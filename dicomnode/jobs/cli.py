@@ -7,7 +7,6 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,8 +15,8 @@ from dicomnode.config import load_config
 from dicomnode.dispatcher import Dispatcher
 from dicomnode.jobs.control import JobControl
 from dicomnode.storage import ResultsStore, StorageLayout
-from dicomnode.store import Delivery, Job, JobError, JobState, create_schema, make_engine
-from dicomnode.store.views import job_json
+from dicomnode.store import Job, JobError, JobState, create_schema, make_engine
+from dicomnode.store.views import jobs_json
 
 
 @contextmanager
@@ -36,18 +35,12 @@ def _control(args: argparse.Namespace) -> Iterator[tuple[JobControl, sessionmake
         engine.dispose()
 
 
-def _json(session: Session, job: Job) -> dict[str, Any]:
-    deliveries = session.scalars(select(Delivery).where(Delivery.job_id == job.id)
-                                 .order_by(Delivery.id)).all()
-    return job_json(job, deliveries)
-
-
 def _list(args: argparse.Namespace) -> int:
     with _control(args) as (_, sessions, _layout), sessions() as session:
         query = select(Job).order_by(Job.id.desc()).limit(args.limit)
         if args.state:
             query = query.where(Job.state == args.state)
-        jobs = [_json(session, job) for job in session.scalars(query).all()]
+        jobs = jobs_json(session, session.scalars(query).all())
     if args.json:
         json.dump(jobs, sys.stdout, indent=2)
         print()
@@ -66,7 +59,7 @@ def _show(args: argparse.Namespace) -> int:
         if job is None:
             print(f"there is no job {args.id}", file=sys.stderr)
             return 1
-        detail = _json(session, job)
+        detail = jobs_json(session, [job])[0]
         detail["results"] = str(layout.results(job.id))
     json.dump(detail, sys.stdout, indent=2)
     print()

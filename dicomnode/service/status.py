@@ -10,7 +10,11 @@ The JSON shape (``dicomnode status --json``)::
                 "rule", "priority", "sender", "attempts", "error_kind", "error_message",
                 "created_at", "updated_at", "stage_times", "stage_seconds",
                 "deliveries": [{"destination", "state", "attempts", "next_attempt_at",
-                                "delivered_at", "objects", "error_kind", "error_message"}]}]
+                                "delivered_at", "objects", "error_kind", "error_message"}],
+                "webhooks": [{"webhook", "event", "event_id", "state", "attempts",
+                              "created_at", "next_attempt_at", "delivered_at", "error_kind",
+                              "error_message", "history": [{"at", "status", "error",
+                                                            "seconds"}]}]}]
               (dicomnode.store.views.job_json, also what ``dicomnode jobs`` prints),
       "destinations": [{"name", "reachable", "detail", "checked_at"}]   (last C-ECHO of each),
       "instances": <number of instances held>,
@@ -106,8 +110,10 @@ def format_status(status: dict[str, Any]) -> str:
     if status["jobs"]:
         parts.append(_table([[str(j["id"]), j["series_instance_uid"] or "", str(j["revision"]),
                               j["pipeline"] or "-", j["state"], j["updated_at"] or "",
-                              " ".join(f"{d['destination']}:{d['state']}({d['attempts']})"
-                                       for d in j["deliveries"]),
+                              " ".join([f"{d['destination']}:{d['state']}({d['attempts']})"
+                                        for d in j["deliveries"]]
+                                       + [f"webhook {w['webhook']}:{w['state']}({w['attempts']})"
+                                          for w in j["webhooks"]]),
                               f"{j['error_kind']}: {j['error_message']}" if j["error_kind"]
                               else ""] for j in status["jobs"]],
                             ["ID", "SERIES INSTANCE UID", "REV", "PIPELINE", "STATE", "UPDATED",

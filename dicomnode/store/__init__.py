@@ -1,5 +1,6 @@
 """The index database: studies, series, instances, association audit, rejections, operator
-actions, and the job record (jobs, deliveries, destination health) with its states."""
+actions, and the job record (jobs, deliveries, destination health, the webhook outbox) with its
+states."""
 
 from dicomnode.store.database import (
     DatabaseError,
@@ -33,6 +34,8 @@ from dicomnode.store.models import (
     Series,
     SeriesState,
     Study,
+    WebhookEvent,
+    WebhookState,
     as_utc,
     utcnow,
 )
@@ -43,6 +46,6 @@ __all__ = [
     "DeliveryState", "DestinationHealth", "HeldInstance", "IndexOutcome", "Instance",
     "InstanceIndex", "InstanceRecord", "Job", "JobError", "JobState", "OperatorAction",
     "Rejection", "Series",
-    "SeriesState", "Study", "as_utc", "create_schema", "error_kind", "is_sqlite", "make_engine",
-    "session_factory", "utcnow",
+    "SeriesState", "Study", "WebhookEvent", "WebhookState", "as_utc", "create_schema",
+    "error_kind", "is_sqlite", "make_engine", "session_factory", "utcnow",
 ]

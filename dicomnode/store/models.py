@@ -3,16 +3,27 @@
 Study → Series → Instance mirrors the DICOM information model (PS3.3 A.1.2). The spool file is
 the instance itself; a row here says it is complete, durable and where it lies. ``Rejection``
 keeps every C-STORE we answered with a failure status, so an operator can see why a sender's
-image is not here. Jobs and deliveries are in :mod:`dicomnode.store.jobs`.
+image is not here. Jobs and deliveries are in :mod:`dicomnode.store.jobs`; ``WebhookEvent``
+is the outbox of their final states for webhooks.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Enum, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 if TYPE_CHECKING:
@@ -197,3 +208,40 @@ class OperatorAction(Base):
     #: ``ok``, or the kind of error that stopped it (``not-retryable``, ``unreachable``...).
     outcome: Mapped[str] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookState(StrEnum):
+    """Where an event is on its way to a webhook (see :mod:`dicomnode.webhooks`)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    GIVEN_UP = "given-up"      # every attempt failed, or the webhook left config.yaml
+
+
+class WebhookEvent(Base):
+    """The outbox: one event of one job for one webhook, written in the transaction that
+    moved the job to its final state (so a restart loses none), then POSTed with retries."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    #: A name under ``webhooks`` in config.yaml.
+    webhook: Mapped[str] = mapped_column(String(64), index=True)
+    #: ``done``, ``failed`` or ``dead``.
+    event: Mapped[str] = mapped_column(String(16))
+    #: Sent as ``event_id`` and ``X-Dicomnode-Delivery``: the same on every retry, so a
+    #: receiver that got an event whose answer was lost can tell the repeat.
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    #: The JSON body, as it was when the job reached the state.
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[WebhookState] = mapped_column(state_column(WebhookState, 16),
+                                                default=WebhookState.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    #: Every attempt: ``{"at", "status" (HTTP status or null), "error", "seconds"}``.
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)

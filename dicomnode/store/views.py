@@ -11,7 +11,14 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from dicomnode.store.jobs import Delivery, DestinationHealth, Job
-from dicomnode.store.models import Association, OperatorAction, Rejection, Series, as_utc
+from dicomnode.store.models import (
+    Association,
+    OperatorAction,
+    Rejection,
+    Series,
+    WebhookEvent,
+    as_utc,
+)
 
 Model = TypeVar("Model")
 
@@ -36,8 +43,22 @@ def delivery_json(delivery: Delivery) -> dict[str, Any]:
     }
 
 
-def job_json(job: Job, deliveries: Iterable[Delivery]) -> dict[str, Any]:
+def webhook_event_json(event: WebhookEvent) -> dict[str, Any]:
+    """An event on its way to a webhook, each attempt in ``history`` (not the body: it may
+    hold patient data, with ``logging.include_phi``)."""
     return {
+        "webhook": event.webhook, "event": event.event, "event_id": event.event_id,
+        "state": event.state.value, "attempts": event.attempts,
+        "created_at": iso(event.created_at), "next_attempt_at": iso(event.next_attempt_at),
+        "delivered_at": iso(event.delivered_at), "error_kind": event.error_kind,
+        "error_message": event.error_message, "history": list(event.history or []),
+    }
+
+
+def job_json(job: Job, deliveries: Iterable[Delivery],
+             webhooks: Iterable[WebhookEvent] | None = None) -> dict[str, Any]:
+    """A job; ``webhooks`` (its events for webhooks) is left out when not given."""
+    detail = {
         "id": job.id, "series_instance_uid": job.series.series_instance_uid,
         "revision": job.revision, "state": job.state.value, "instances": job.instance_count,
         "pipeline": job.pipeline, "rule": job.rule, "priority": job.priority,
@@ -47,6 +68,9 @@ def job_json(job: Job, deliveries: Iterable[Delivery]) -> dict[str, Any]:
         "stage_times": job.stage_times, "stage_seconds": stage_seconds(job.stage_times),
         "deliveries": [delivery_json(d) for d in deliveries],
     }
+    if webhooks is not None:
+        detail["webhooks"] = [webhook_event_json(e) for e in webhooks]
+    return detail
 
 
 #: Ids in one ``IN (...)``: PostgreSQL takes at most 65,535 parameters a statement, and
@@ -63,12 +87,17 @@ def rows_for_jobs(session: Session, query: Select[Model],
 
 
 def jobs_json(session: Session, jobs: Sequence[Job]) -> list[dict[str, Any]]:
-    """:func:`job_json` of each job, their deliveries read together."""
+    """:func:`job_json` of each job, their deliveries and webhook events read together."""
+    ids = [j.id for j in jobs]
     deliveries: dict[int, list[Delivery]] = {}
     for delivery in rows_for_jobs(session, select(Delivery).order_by(Delivery.id),
-                                  Delivery.job_id, [j.id for j in jobs]):
+                                  Delivery.job_id, ids):
         deliveries.setdefault(delivery.job_id, []).append(delivery)
-    return [job_json(j, deliveries.get(j.id, [])) for j in jobs]
+    events: dict[int, list[WebhookEvent]] = {}
+    for event in rows_for_jobs(session, select(WebhookEvent).order_by(WebhookEvent.id),
+                               WebhookEvent.job_id, ids):
+        events.setdefault(event.job_id, []).append(event)
+    return [job_json(j, deliveries.get(j.id, []), events.get(j.id, [])) for j in jobs]
 
 
 def series_json(series: Series) -> dict[str, Any]:
