@@ -19,7 +19,9 @@ def route(render: Callable[[], bytes], token: str) -> APIRouter:
     def metrics(request: Request) -> Response:
         if token:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+            # bytes: compare_digest refuses str with non-ASCII characters (a 500, not a 401)
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    given.strip().encode(), token.encode()):
                 raise HTTPException(401, "metrics need Authorization: Bearer <web.metrics_token>",
                                     headers={"WWW-Authenticate": "Bearer"})
         return Response(render(), media_type=CONTENT_TYPE)
