@@ -61,9 +61,9 @@ class Orthanc:
 
     def start(self, timeout: float = 30.0) -> None:
         assert ORTHANC, "Orthanc is not installed (Debian package 'orthanc')"
-        log = open(self.folder / "orthanc.log", "ab")
-        self.process = subprocess.Popen([ORTHANC, str(self.folder / "orthanc.json")],
-                                        stdout=log, stderr=subprocess.STDOUT)
+        with open(self.folder / "orthanc.log", "ab") as log:  # the child holds its own copy
+            self.process = subprocess.Popen([ORTHANC, str(self.folder / "orthanc.json")],
+                                            stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

@@ -216,9 +216,9 @@ http {{
         return {name: self._running(name) for name in ("orthanc", "nginx")}
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.path(f"{name}.log"), "ab")
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(self.path(f"{name}.log"), "ab") as log:  # the child holds its own copy
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
         self.path(f"{name}.run.pid").write_text(str(process.pid))
 
     def _running(self, name: str) -> int | None:
