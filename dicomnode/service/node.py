@@ -1,5 +1,5 @@
-"""The running node: the receiver, the assembler, the jobs and the operator console over one
-index database and spool."""
+"""The running node: the receiver, the assembler, the jobs, their webhooks and the operator
+console over one index database and spool."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ class Node:
         self.runner = CaseRunner(config.models, config.results)
         sessions = sessionmaker(self.write_engine, expire_on_commit=False)
         self.stages = Stages.build(config, sessions, self.spool, self.runner)
+        self.stages.webhooks.prepare()  # an unreadable signing key stops serve here, at once
         self.executor = Executor(config, self.stages)
         # A completed series wakes the executor: its job is routed and started at once rather
         # than at the next poll.
@@ -84,6 +85,9 @@ class Node:
                   partial_files_removed=partial, associations_cut_off=cut_off,
                   reindexed=reindexed)
         self.assembler.start()
+        # Before the executor: events left pending by the last run go out whether or not
+        # jobs run now.
+        self.stages.webhooks.start()
         if self.config.jobs.enabled:
             self.executor.start()
         self.receiver.start()
@@ -119,6 +123,7 @@ class Node:
         mark_clean(self.spool)
         self.assembler.stop()
         self.executor.stop()
+        self.stages.webhooks.stop()
         self.write_engine.dispose()
         self.scheduler_engine.dispose()
         if self.web_engine is not None:

@@ -60,11 +60,7 @@ class WebContext:
 
     @property
     def base_url(self) -> str:
-        web = self.config.web
-        if web.public_url:
-            return web.public_url
-        host = f"[{web.host}]" if ":" in web.host else web.host
-        return f"{'https' if web.tls.enabled else 'http'}://{host}:{web.port}"
+        return self.config.web.base_url
 
     def link(self, path: str) -> str:
         return f"{self.base_url}{API}{path}"
