@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -198,12 +199,43 @@ def get_job(job_id: int, context: Context) -> dict[str, Any]:
         detail = jobs_json(session, [job])[0]
         uid = job.series.series_instance_uid
     folder = context.layout.results(job_id)
+    files = _files(folder)
     return {**detail,
-            "results": {"folder": str(folder), "files": _files(folder)},
+            "results": {"folder": str(folder), "files": files},
             "links": {"self": context.link(f"/jobs/{job_id}"),
                       "series": context.link(f"/series/{uid}"),
                       "retry": context.link(f"/jobs/{job_id}/retry"),
-                      "cancel": context.link(f"/jobs/{job_id}/cancel")}}
+                      "cancel": context.link(f"/jobs/{job_id}/cancel"),
+                      "files": {f["name"]: context.link(f"/jobs/{job_id}/files/{f['name']}")
+                                for f in files}}}
+
+
+#: Media types of the files a job writes (anything else is sent as bytes).
+MEDIA_TYPES = {".dcm": "application/dicom", ".png": "image/png", ".json": "application/json",
+               ".gz": "application/gzip"}
+
+
+def result_file(context: WebContext, job_id: int, name: str) -> Path:
+    """The file ``name`` (relative, as ``results.files`` lists it) of a job's results; 404
+    for a name that leaves the folder (``..``, an absolute path, a link out of it)."""
+    folder = context.layout.results(job_id).resolve()
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder) or path == folder or not path.is_file():
+        raise HTTPException(404, f"job {job_id} has no result file {name}")
+    return path
+
+
+@router.get("/jobs/{job_id}/files/{name:path}", tags=["jobs"],
+            summary="Download one of a job's result files (as listed in its results.files)",
+            response_class=FileResponse,
+            responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}})
+def get_job_file(job_id: int, name: str, context: Context) -> FileResponse:
+    path = result_file(context, job_id, name)
+    media = MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    # An image is shown where it is opened (the job page's preview); the rest is saved.
+    return FileResponse(path, media_type=media, filename=path.name,
+                        content_disposition_type="inline" if media == "image/png"
+                        else "attachment")
 
 
 def _act(context: Context, caller: Principal, request: Request, action: str,

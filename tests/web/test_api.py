@@ -352,3 +352,45 @@ def test_job_detail_lists_the_files_of_its_results(console: Console,
     assert results["folder"] == str(folder)
     assert results["files"] == [{"name": "result.json", "bytes": 2},
                                 {"name": "seg/seg.dcm", "bytes": 300}]
+
+
+def test_job_result_files_are_downloaded_and_linked(console: Console,
+                                                    failed_job: dict[str, Any]) -> None:
+    job_id = failed_job["id"]
+    folder = console.node.root / "var" / "jobs" / f"{job_id:08d}"
+    (folder / "seg").mkdir(parents=True, exist_ok=True)
+    (folder / "01_SR.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    (folder / "preview.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (folder / "seg" / "seg.dcm").write_bytes(b"\0" * 300)
+    with console.client("victor") as client:
+        links = client.get(f"/api/v1/jobs/{job_id}").json()["links"]["files"]
+        sr = client.get(f"/api/v1/jobs/{job_id}/files/01_SR.dcm")
+        png = client.get(f"/api/v1/jobs/{job_id}/files/preview.png")
+        nested = client.get(f"/api/v1/jobs/{job_id}/files/seg/seg.dcm")
+    base = f"https://node.example.org/api/v1/jobs/{job_id}/files/"
+    assert links["01_SR.dcm"] == base + "01_SR.dcm" and links["seg/seg.dcm"] == base + "seg/seg.dcm"
+    assert sr.status_code == 200 and sr.content == b"\0" * 128 + b"DICM"
+    assert sr.headers["content-type"] == "application/dicom"
+    assert sr.headers["content-disposition"] == 'attachment; filename="01_SR.dcm"'
+    assert png.headers["content-type"] == "image/png"
+    assert png.headers["content-disposition"].startswith("inline")
+    assert nested.status_code == 200 and len(nested.content) == 300
+
+
+def test_job_result_files_outside_the_folder_are_404_json(console: Console,
+                                                          failed_job: dict[str, Any]) -> None:
+    job_id = failed_job["id"]
+    folder = console.node.root / "var" / "jobs" / f"{job_id:08d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "outside.dcm").unlink(missing_ok=True)
+    (folder / "outside.dcm").symlink_to(console.node.root / "var" / "web.secret")
+    with console.client("victor") as client:
+        for name in ("..%2F..%2Fweb.secret", "%2E%2E/%2E%2E/web.secret", "%2Fetc%2Fpasswd",
+                     "seg", "outside.dcm", "missing.dcm", ""):
+            answer = client.get(f"/api/v1/jobs/{job_id}/files/{name}")
+            assert answer.status_code == 404, (name, answer.status_code, answer.text[:200])
+            assert answer.headers["content-type"] == "application/json"
+            assert answer.json()["status"] == 404
+        assert client.get("/api/v1/jobs/999999/files/01_SR.dcm").status_code == 404
+    with console.client() as client:  # no user
+        assert client.get(f"/api/v1/jobs/{job_id}/files/01_SR.dcm").status_code == 401
