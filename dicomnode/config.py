@@ -487,8 +487,11 @@ class WebConfig(_Section):
     users_file: Path | None = None
     #: When set, GET /metrics needs ``Authorization: Bearer <token>``.
     metrics_token: str = ""
+    #: Base URL of an OHIF viewer that shows the studies results go to (e.g. the local stack's
+    #: http://127.0.0.1:3000): job pages link to <viewer_url>/viewer?StudyInstanceUIDs=<uid>.
+    viewer_url: str = ""
 
-    @field_validator("public_url")
+    @field_validator("public_url", "viewer_url")
     @classmethod
     def _url(cls, value: str) -> str:
         if value and not re.match(r"https?://", value):

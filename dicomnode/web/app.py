@@ -88,7 +88,7 @@ def _error(status: int, detail: Any, headers: dict[str, str] | None = None,
 
 def build_app(context: WebContext, metrics: Callable[[], bytes] | None = None) -> FastAPI:
     """The application over ``context``; ``metrics`` renders ``/metrics`` when given."""
-    from dicomnode.web import api, metrics as metrics_route, setup_api
+    from dicomnode.web import api, metrics as metrics_route, pages, setup_api
 
     app = FastAPI(title="dicomnode", version="1",
                   description="The operator API of a dicomnode: series, jobs, destinations and "
@@ -118,6 +118,7 @@ def build_app(context: WebContext, metrics: Callable[[], bytes] | None = None) -
     app.include_router(api.public, prefix=API)
     app.include_router(api.router, prefix=API)
     app.include_router(setup_api.router, prefix=API)
+    pages.install(app)
     if metrics is not None:
         app.include_router(metrics_route.route(metrics, context.config.web.metrics_token))
     return app

@@ -1,0 +1,124 @@
+"""What the pages show beyond the API's lists: the overview's aggregates, dead letters and the
+model store. Each is a few ``GROUP BY`` or indexed queries, so a page stays fast with tens of
+thousands of series in the index."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from dicomnode.metrics.collector import QUEUE_STATES
+from dicomnode.metrics.host import gpu_memory, storage_free_bytes
+from dicomnode.models.registry import REGISTRY, ModelStore
+from dicomnode.store import (
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    Series,
+    SeriesState,
+    as_utc,
+    utcnow,
+)
+from dicomnode.store.views import iso
+from dicomnode.web.app import WebContext
+
+#: Minutes the overview's ingest chart spans.
+RATE_MINUTES = 60
+#: Dead deliveries listed on the destinations page (newest first).
+DEAD_LETTERS = 100
+
+
+def instances_per_minute(session: Session, minutes: int = RATE_MINUTES) -> list[int]:
+    """Instances indexed in each of the last ``minutes`` minutes, oldest first (the current,
+    partial minute last)."""
+    now = utcnow()
+    start = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
+    counts = [0] * minutes
+    for (at,) in session.execute(select(Instance.received_at).where(
+            Instance.received_at >= start)):
+        slot = int((as_utc(at) - start).total_seconds() // 60)
+        if 0 <= slot < minutes:
+            counts[slot] += 1
+    return counts
+
+
+def overview(context: WebContext) -> dict[str, Any]:
+    """The node at a glance (see the overview page)."""
+    from dicomnode.web.api import list_destinations
+
+    config = context.config
+    with Session(context.engine) as session:
+        rate = instances_per_minute(session)
+        receiving = session.scalar(select(func.count()).select_from(Series).where(
+            Series.state == SeriesState.RECEIVING)) or 0
+        jobs = {str(state): int(count) for state, count in session.execute(
+            select(Job.state, func.count()).group_by(Job.state))}
+    free = storage_free_bytes(context.layout)
+    return {
+        "instances_per_minute": rate, "instances_last_hour": sum(rate),
+        "series_receiving": int(receiving),
+        "jobs": {state: jobs[state] for state in sorted(jobs, key=_flow_order)},
+        "queue_depth": sum(jobs.get(state, 0) for state in QUEUE_STATES),
+        "disk": {"free": free, "reserve": config.storage.min_free,
+                 "below_reserve": free is not None and free < config.storage.min_free},
+        "destinations": list_destinations(context)["items"],
+        "device": config.models.device,
+        "gpus": [vars(g) for g in gpu_memory(config.models.device)],
+    }
+
+
+def _flow_order(state: str) -> tuple[int, str]:
+    return (QUEUE_STATES.index(state) if state in QUEUE_STATES else len(QUEUE_STATES), state)
+
+
+def dead_letters(context: WebContext, limit: int = DEAD_LETTERS) -> dict[str, Any]:
+    """Deliveries that exhausted their attempts (newest first), and deliveries by destination
+    and state."""
+    with Session(context.engine) as session:
+        by_state: dict[str, dict[str, int]] = {}
+        for destination, state, count in session.execute(
+                select(Delivery.destination, Delivery.state, func.count())
+                .group_by(Delivery.destination, Delivery.state)):
+            by_state.setdefault(str(destination), {})[str(state)] = int(count)
+        rows = session.execute(
+            select(Delivery, Series.series_instance_uid).join(Job, Delivery.job_id == Job.id)
+            .join(Series, Job.series_id == Series.id)
+            .where(Delivery.state == DeliveryState.DEAD)
+            .order_by(Delivery.id.desc()).limit(limit)).all()
+        dead = [{"job_id": d.job_id, "series_instance_uid": uid, "destination": d.destination,
+                 "attempts": d.attempts, "error_kind": d.error_kind,
+                 "error_message": d.error_message, "next_attempt_at": iso(d.next_attempt_at)}
+                for d, uid in rows]
+    return {"by_destination": by_state, "dead": dead}
+
+
+def models(context: WebContext) -> list[dict[str, Any]]:
+    """Every registry model: installed or not, its version and size, and whether a rule's
+    pipeline runs it (``models.pipeline_models``, else the pipeline's default)."""
+    from dicomnode.models.pipelines import get_pipeline
+
+    config = context.config
+    store = ModelStore(config.models.path)
+    routed = {p for rule in config.routing.rules for p in rule.pipelines}
+    chosen = {p: config.models.pipeline_models.get(p) or get_pipeline(p).models[0]
+              for p in routed}
+    rows = []
+    for entry in REGISTRY.values():
+        installed = store.find(entry.name)
+        rows.append({
+            "name": entry.name, "pipeline": entry.pipeline, "modality": entry.modality,
+            "description": entry.description, "installed": installed is not None,
+            "version": installed.version if installed else entry.version,
+            "size": installed.manifest.get("size") if installed else entry.size,
+            "path": str(installed.path) if installed else None,
+            "source": entry.source, "license": entry.license,
+            "used_by_rules": chosen.get(entry.pipeline) == entry.name,
+        })
+    return rows
+
+
+__all__ = ["dead_letters", "instances_per_minute", "models", "overview"]
