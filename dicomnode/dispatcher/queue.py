@@ -96,6 +96,25 @@ class Dispatcher:
         job.transition(JobState.DISPATCHING)
         return True
 
+    def requeue_dead(self, session: Session, destination: str) -> list[int]:
+        """For a person, once a destination is back: send again every delivery to it that gave
+        up (its dead letters) whose results are still held; their jobs go back to
+        dispatching. Returns those jobs' ids."""
+        dead = session.scalars(select(Delivery).where(
+            Delivery.destination == destination, Delivery.state == DeliveryState.DEAD)
+            .order_by(Delivery.job_id)).all()
+        requeued = []
+        for delivery in dead:
+            job = session.get(Job, delivery.job_id)
+            if job is None or not self.results.exists(job.id):
+                continue  # nothing left to send (its results were purged)
+            delivery.state, delivery.attempts = DeliveryState.PENDING, 0
+            delivery.next_attempt_at = utcnow()
+            if job.state != JobState.DISPATCHING:
+                job.transition(JobState.DISPATCHING)
+            requeued.append(job.id)
+        return requeued
+
     def result_datasets(self, job_id: int) -> list[pydicom.Dataset]:
         folder = self.results.folder(job_id)
         return [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]

@@ -64,6 +64,16 @@ class JobControl:
                 job.transition(JobState.ROUTED if job.pipeline else JobState.COMPLETE)
             return job.state
 
+    def requeue_dead_letters(self, destination: str) -> list[int]:
+        """Send again every delivery to ``destination`` that gave up (once it is back); returns
+        the ids of the jobs dispatching again."""
+        with self.sessions.begin() as session:
+            requeued = self.dispatcher.requeue_dead(session, destination)
+        for job_id in requeued:
+            log_event(LOGGER, "job.requeued", job=job_id, reason="dead letter requeued",
+                      destination=destination)
+        return requeued
+
     def cancel(self, job_id: int) -> None:
         with self.sessions.begin() as session:
             job = self._get(session, job_id)

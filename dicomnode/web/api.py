@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session
 
 from dicomnode.store import (
     AssociationOutcome,
+    Delivery,
+    DeliveryState,
     DestinationHealth,
     Instance,
     Job,
@@ -29,6 +31,7 @@ from dicomnode.store import (
 )
 from dicomnode.store.views import (
     associations_json,
+    delivery_json,
     destination_json,
     jobs_json,
     operator_action_json,
@@ -297,6 +300,39 @@ def echo_destination(name: str, request: Request, caller: Caller, context: Conte
     context.record(caller.name, _address(request), "echo", f"destination:{name}",
                    "ok" if reachable else "unreachable", detail)
     return _destinations(context, [name])[0]
+
+
+@router.get("/destinations/{name}/dead-letters", tags=["destinations"],
+            summary="Deliveries to a destination that gave up, newest job first")
+def list_dead_letters(name: str, context: Context, limit: Limit = 100, offset: Offset = 0
+                      ) -> dict[str, Any]:
+    if name not in context.config.destinations:
+        raise HTTPException(404, f"there is no destination {name}")
+    with Session(context.engine) as session:
+        query = (select(Delivery, Series.series_instance_uid)
+                 .join(Job, Job.id == Delivery.job_id).join(Series, Series.id == Job.series_id)
+                 .where(Delivery.destination == name, Delivery.state == DeliveryState.DEAD))
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        rows = session.execute(query.order_by(Delivery.job_id.desc()).limit(limit)
+                               .offset(offset)).all()
+        items = [{"job_id": delivery.job_id, "series_instance_uid": series_uid,
+                  **delivery_json(delivery), "links": {"job": context.link(
+                      f"/jobs/{delivery.job_id}")}} for delivery, series_uid in rows]
+    return {"total": total, "items": items}
+
+
+@router.post("/destinations/{name}/requeue", tags=["destinations"],
+             summary="Send every dead letter of a destination again (once it is back)")
+def requeue_dead_letters(name: str, request: Request, caller: Caller, context: Context
+                         ) -> dict[str, Any]:
+    require_role(caller, "operator")
+    if name not in context.config.destinations:
+        raise HTTPException(404, f"there is no destination {name}")
+    jobs = context.control.requeue_dead_letters(name)
+    context.record(caller.name, _address(request), "requeue", f"destination:{name}", "ok",
+                   f"{len(jobs)} deliveries")
+    context.wake()
+    return {"destination": name, "requeued": len(jobs), "jobs": jobs}
 
 
 # --- audit ------------------------------------------------------------------------------------

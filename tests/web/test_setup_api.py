@@ -113,3 +113,15 @@ def test_a_held_series_is_tested_against_the_rules(console: Console, held_series
     assert body["explanation"][0].startswith("rule 'ct': MATCH")
     assert unknown.status_code == 404 and "1.2.3" in unknown.json()["detail"]
     assert missing.status_code == 422 and missing.json()["errors"]
+
+
+def test_requeueing_dead_letters_needs_an_operator(console: Console) -> None:
+    with console.client("victor") as viewer, console.client("olga") as operator:
+        assert viewer.post("/api/v1/destinations/down/requeue").status_code == 403
+        assert viewer.get("/api/v1/destinations/down/dead-letters").json() == {
+            "total": 0, "items": []}
+        answer = operator.post("/api/v1/destinations/down/requeue")
+        unknown = operator.post("/api/v1/destinations/nowhere/requeue")
+    assert answer.status_code == 200
+    assert answer.json() == {"destination": "down", "requeued": 0, "jobs": []}
+    assert unknown.status_code == 404
