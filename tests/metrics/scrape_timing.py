@@ -59,6 +59,8 @@ def _table(model: type[Any]) -> Table:
 
 
 def fill(engine: Engine, series: int) -> None:
+    """The large index described above (test_index_metrics' statement-count test uses it too):
+    ``series`` series, 10 instances each, 2 done jobs each with one delivery."""
     jobs = 2 * series
     with engine.begin() as conn:
         conn.execute(insert(_table(Study)).values(id=1, study_instance_uid="1",

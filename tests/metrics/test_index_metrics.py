@@ -45,6 +45,7 @@ from dicomnode.store import (
     make_engine,
 )
 from tests.metrics.scrape import families, samples, value
+from tests.metrics.scrape_timing import fill as fill_large
 
 BASE = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
 VBCT, TSS, SPINEPS = "vertebral-bodies-ct", "totalspineseg", "spineps"
@@ -386,25 +387,7 @@ def test_a_scrape_costs_the_same_few_queries_however_big_the_index(tmp_path: Pat
         reg = registry(engine, layout, config)
         samples(reg)
         small = len(statements)
-        stamps = _stamps(complete=0, routed=0.1, loading=1, segmenting=3, encoding=13,
-                         dispatching=14, done=14.5)
-        with engine.begin() as conn:
-            conn.execute(insert(_table(Study)).values(id=1, study_instance_uid="1",
-                                                        first_received_at=BASE))
-            conn.execute(insert(_table(Series)), [
-                {"id": i, "series_instance_uid": f"1.{i}", "study_id": 1, "state": "complete",
-                 "instance_count": 10, "revision": 1, "first_received_at": BASE,
-                 "last_received_at": BASE, "is_image": True, "uid_synthesized": False}
-                for i in range(1, 10_001)])
-            conn.execute(insert(_table(Instance)), [
-                {"sop_instance_uid": f"1.{i}.{k}", "series_id": i, "sop_class_uid": "1",
-                 "transfer_syntax_uid": "1", "path": "p", "size": 100, "received_at": BASE,
-                 "receive_count": 1} for i in range(1, 10_001) for k in range(10)])
-            conn.execute(insert(_table(Job)), [
-                {"series_id": 1 + i % 10_000, "revision": 1, "state": "done",
-                 "instance_count": 10, "created_at": BASE, "updated_at": BASE,
-                 "stage_times": stamps, "attempts": 0, "priority": 0, "destinations": [],
-                 "pipeline": VBCT} for i in range(20_000)])
+        fill_large(engine, 10_000)
         statements.clear()
         started = datetime.now(UTC)
         found = samples(reg)
