@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "dicomnode.run.cli",       # process
     "dicomnode.rules.cli",     # rules test
     "dicomnode.jobs.cli",      # jobs list|show|retry|cancel
+    "dicomnode.distributed.cli",  # worker (jobs.backend: celery)
     "dicomnode.viewer.cli",    # viewer install|configure|start|stop|status
     "dicomnode.web.cli",       # users add|list
 )

@@ -431,7 +431,9 @@ class DispatchConfig(_Section):
 
 
 class JobsConfig(_Section):
-    """The local executor that runs jobs inside ``dicomnode serve``."""
+    """Who runs jobs: the local executor inside ``dicomnode serve`` (the default), or
+    ``dicomnode worker`` processes on any machine through a Celery broker (``backend: celery``;
+    README "More than one machine")."""
 
     #: False: receive and hold only. Complete series stay jobs in state ``complete`` (e.g. while
     #: weights are not installed yet); turning it on later processes them.
@@ -442,6 +444,18 @@ class JobsConfig(_Section):
     #: Seconds between looks at the job table when nothing happens: a completed series and a
     #: routed job wake the executor at once.
     poll_interval: float = Field(default=0.5, gt=0, le=60)
+    #: ``local``: serve's own threads run jobs (``workers`` of them). ``celery``: serve
+    #: publishes job ids to ``broker_url`` and ``dicomnode worker`` processes run them.
+    backend: Literal["local", "celery"] = "local"
+    #: The Celery broker (RabbitMQ ``amqp://``; Redis ``redis://`` with a visibility timeout
+    #: longer than the longest job). Only job ids travel through it.
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    #: Seconds a worker's claim on a job holds without a heartbeat (sent every third of it);
+    #: after that the worker counts as lost and its job is queued again.
+    lease_seconds: float = Field(default=60.0, ge=3, le=3600)
+    #: Pipelines sent to the ``cpu`` queue (small jobs for CPU workers); all others go to
+    #: ``gpu``.
+    cpu_pipelines: list[PipelineName] = Field(default_factory=list)
 
 
 class RetentionConfig(_Section):

@@ -32,7 +32,8 @@ FLOORS: list[tuple[str, ...]] = [
      "dicomnode.rules"),
     # the middle: run a case, health, retention, webhooks (back-off shared with dispatch)
     ("dicomnode.run", "dicomnode.health", "dicomnode.retention", "dicomnode.webhooks"),
-    ("dicomnode.jobs",),
+    # who runs jobs: the local executor, or workers elsewhere through a broker
+    ("dicomnode.jobs", "dicomnode.distributed"),
     # Prometheus metrics read from the index, the storage and the host (no node state)
     ("dicomnode.metrics",),
     # the operator console and its API: reads the index, acts through the jobs' controls

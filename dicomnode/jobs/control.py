@@ -1,10 +1,11 @@
-"""What people and restarts do to jobs: recover after a crash, retry, cancel."""
+"""What people, restarts and lost workers do to jobs: recover after a crash or a lost worker,
+retry, cancel."""
 
 from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.dispatcher import Dispatcher
@@ -17,6 +18,7 @@ from dicomnode.store import (
     Job,
     JobError,
     JobState,
+    utcnow,
 )
 
 LOGGER = logging.getLogger("dicomnode.jobs")
@@ -35,9 +37,22 @@ class JobControl:
         series has since grown (a late instance opened a newer revision, which gets its own
         job) is superseded instead: it would segment a partial series. Returns the count
         queued again."""
+        requeued = self._requeue(Job.state.in_(RUNNING_STATES), "restart")
+        self.results.remove_partials()
+        return requeued
+
+    def recover_lost(self) -> int:
+        """With remote workers (``jobs.backend: celery``): queue again only the jobs whose
+        worker's lease ran out (the worker was killed or cut off); a live worker keeps its job
+        whatever serve does, and its half-written results are its own. A running job without
+        a lease was left by the local executor. Returns the count queued again."""
+        return self._requeue(Job.state.in_(RUNNING_STATES) & (
+            Job.lease_until.is_(None) | (Job.lease_until < utcnow())), "worker-lost")
+
+    def _requeue(self, which: ColumnElement[bool], reason: str) -> int:
         requeued, superseded = [], []
         with self.sessions.begin() as session:
-            for job in session.scalars(select(Job).where(Job.state.in_(RUNNING_STATES))).all():
+            for job in session.scalars(select(Job).where(which)).all():
                 if job.revision < job.series.revision:
                     job.transition(JobState.SUPERSEDED, error_kind="superseded",
                                    error_message="the series has a newer revision")
@@ -45,9 +60,8 @@ class JobControl:
                 else:
                     job.transition(JobState.ROUTED)
                     requeued.append(job.id)
-        self.results.remove_partials()
         for job_id in requeued:
-            log_event(LOGGER, "job.requeued", job=job_id, reason="restart")
+            log_event(LOGGER, "job.requeued", job=job_id, reason=reason)
         for job_id in superseded:
             log_event(LOGGER, "job.superseded", job=job_id, reason="series has a newer revision")
         return len(requeued)

@@ -8,6 +8,11 @@
 
 Threads sleep until :meth:`Executor.wake` (a series completed, a job was routed or finished) or
 ``jobs.poll_interval`` passes, so a new job starts at once rather than at the next poll.
+
+With ``jobs.backend: celery`` the same coordinator runs but there are no worker threads: it
+hands routed job ids to a :class:`JobPublisher` (:mod:`dicomnode.distributed`) and queues
+again the jobs of workers whose lease ran out; ``dicomnode worker`` processes run the jobs with
+the same :class:`~dicomnode.run.worker.Worker`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Protocol
 
 from dicomnode.config import Config
 from dicomnode.jobs.stages import Stages
@@ -52,21 +58,33 @@ class Wakeup:
             return self._generation
 
 
+class JobPublisher(Protocol):
+    """Hands routed jobs to remote workers (:class:`dicomnode.distributed.Publisher`)."""
+
+    def publish(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
 class Executor:
     """Runs until :meth:`stop`; every loop survives the failure of one iteration."""
 
-    def __init__(self, config: Config, stages: Stages):
+    def __init__(self, config: Config, stages: Stages, publisher: JobPublisher | None = None):
         self.config = config
         self.stages = stages
-        self.workers = config.jobs.workers
+        self.publisher = publisher
+        self.workers = 0 if publisher else config.jobs.workers
         self.poll_interval = config.jobs.poll_interval
         self._stop = threading.Event()
         self._wakeup = Wakeup()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        requeued = self.stages.control.recover()
-        log_event(LOGGER, "executor.starting", workers=self.workers, requeued=requeued)
+        # Remote workers may be running jobs right now: only their lost ones are queued again.
+        control = self.stages.control
+        requeued = control.recover() if self.publisher is None else control.recover_lost()
+        log_event(LOGGER, "executor.starting", workers=self.workers, requeued=requeued,
+                  backend=self.config.jobs.backend)
         self._threads = [threading.Thread(target=self._coordinate, name="jobs-coordinator",
                                           daemon=True)]
         self._threads += [threading.Thread(target=self._work, name=f"jobs-worker-{i}", daemon=True)
@@ -93,17 +111,24 @@ class Executor:
         if busy:
             log_event(LOGGER, "executor.interrupted", threads=busy,
                       note="their jobs are re-queued at the next start")
+        if self.publisher is not None and not busy:
+            self.publisher.close()
 
     def _coordinate(self) -> None:
         stages, config = self.stages, self.config
-        last_echo = last_purge = 0.0
+        last_echo = last_purge = last_lost = 0.0
         seen = self._wakeup.generation
         while not self._stop.is_set():
             try:
                 if stages.router.route_pending():
                     self.wake()  # the workers: routed jobs are waiting
-                stages.dispatcher.dispatch_due()
                 now = time.monotonic()
+                if self.publisher is not None:
+                    if now - last_lost >= config.jobs.lease_seconds / 3:
+                        last_lost = now
+                        stages.control.recover_lost()
+                    self.publisher.publish()
+                stages.dispatcher.dispatch_due()
                 interval = config.dispatch.echo_interval
                 if interval and now - last_echo >= interval and stages.health.peers():
                     last_echo = now

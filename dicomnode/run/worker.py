@@ -1,15 +1,20 @@
-"""The run stage of ``serve``: take the next queued job and run its case.
+"""The run stage: claim a queued job and run its case — the one job runner of the local
+executor (which picks the next job, :meth:`Worker.claim_next`) and of ``dicomnode worker``
+(which is handed a job id by the broker, :meth:`Worker.claim`).
 
 A worker claims a job with a conditional UPDATE (two workers never run the same job), runs the
 case into a staged results folder (:class:`~dicomnode.storage.ResultsStore`), commits the folder
 atomically and hands the job to dispatch. A failure is recorded with a typed reason and never
-stops the worker; a person's cancel is honoured between steps.
+stops the worker; a person's cancel is honoured between steps. A remote worker's claim is a
+lease that its heartbeat renews; a worker that finds its claim gone (lost and given to another)
+stops writing to the job.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -19,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.logs import log_event
 from dicomnode.run.case import Case, CaseStep, CaseSummary, OnStep
 from dicomnode.storage import ResultsStore, Spool
-from dicomnode.store import Instance, Job, JobError, JobState, error_kind
+from dicomnode.store import RUNNING_STATES, Instance, Job, JobError, JobState, error_kind, utcnow
 
 LOGGER = logging.getLogger("dicomnode.jobs")
 
@@ -66,11 +71,32 @@ class Worker:
                     return job_id
         return None
 
-    def _set_state(self, job_id: int, state: JobState, **error: str) -> bool:
-        """Move a job on unless a person cancelled it meanwhile (then False)."""
+    def claim(self, job_id: int, owner: str, lease_seconds: float) -> bool:
+        """Claim the job ``job_id`` for ``owner`` until ``lease_seconds`` from now, if it is
+        queued or its last worker's lease ran out. False for a job another worker holds or
+        that is finished: the broker delivered its id again, and that delivery is dropped."""
+        now = utcnow()
+        with self.sessions.begin() as session:
+            claimed = cast(CursorResult[Any], session.execute(
+                update(Job).where(Job.id == job_id, (Job.state == JobState.ROUTED) | (
+                    Job.state.in_(RUNNING_STATES) & (Job.lease_until < now)))
+                .values(state=JobState.LOADING, claimed_by=owner,
+                        lease_until=now + timedelta(seconds=lease_seconds)))).rowcount
+            if not claimed:
+                return False
+            job = session.get(Job, job_id)
+            assert job is not None
+            job.transition(JobState.LOADING)
+            job.attempts = (job.attempts or 0) + 1
+            return True
+
+    def _set_state(self, job_id: int, state: JobState, owner: str | None = None,
+                   **error: str) -> bool:
+        """Move a job on unless a person cancelled it meanwhile or (``owner`` given) another
+        worker holds it now (then False)."""
         with self.sessions.begin() as session:
             job = session.get(Job, job_id)
-            if job is None or job.state == JobState.CANCELLED:
+            if job is None or job.state == JobState.CANCELLED or not _holds(job, owner):
                 return False
             job.transition(state, **error)
             return True
@@ -89,15 +115,17 @@ class Worker:
                                       series.study.study_instance_uid,
                                       series.series_instance_uid)
 
-    def run_job(self, job_id: int) -> None:
-        """Load, segment and encode a claimed job; on success it goes to dispatch."""
+    def run_job(self, job_id: int, owner: str | None = None) -> None:
+        """Load, segment and encode a claimed job; on success it goes to dispatch. ``owner``:
+        the claim's holder (remote workers), checked at every step."""
         pipeline, case = self.case_of(job_id)
         staged = self.results.stage(job_id)
         started = time.perf_counter()
 
         def on_step(step: CaseStep) -> None:
-            if not self._set_state(job_id, JobState(step.value)):
-                raise JobError("cancelled", "cancelled by a person")
+            if not self._set_state(job_id, JobState(step.value), owner):
+                raise JobError("cancelled", "cancelled by a person, or claimed by another "
+                               "worker")
 
         try:
             summary = self.runner.run_pipeline(pipeline, case, staged, on_step)
@@ -106,16 +134,23 @@ class Worker:
             kind = error_kind(exc)
             if kind != "cancelled":
                 message = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
-                self._set_state(job_id, JobState.FAILED, error_kind=kind, error_message=message)
+                self._set_state(job_id, JobState.FAILED, owner, error_kind=kind,
+                                error_message=message)
             log_event(LOGGER, "job.failed", job=job_id, kind=kind, reason=str(exc))
             return
         self.results.commit(job_id)  # results appear whole or not at all
         with self.sessions.begin() as session:
             job = session.get(Job, job_id)
             assert job is not None
-            if job.state == JobState.CANCELLED:
+            if job.state == JobState.CANCELLED or not _holds(job, owner):
                 return
+            job.lease_until = None  # out of the workers' hands
             self.dispatch.queue(session, job)
         log_event(LOGGER, "job.processed", job=job_id, pipeline=pipeline,
                   seconds=round(time.perf_counter() - started, 3),
                   structures=len(summary.structures))
+
+
+def _holds(job: Job, owner: str | None) -> bool:
+    """Whether ``owner`` still holds the job (always, for the local executor's None)."""
+    return owner is None or (job.claimed_by == owner and job.state in RUNNING_STATES)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import sessionmaker
 
 from dicomnode.assembler import Assembler
 from dicomnode.config import Config
+from dicomnode.distributed import Publisher
 from dicomnode.jobs.executor import Executor
 from dicomnode.jobs.stages import Stages
 from dicomnode.logs import log_event
@@ -48,7 +49,10 @@ class Node:
         sessions = sessionmaker(self.write_engine, expire_on_commit=False)
         self.stages = Stages.build(config, sessions, self.spool, self.runner)
         self.stages.webhooks.prepare()  # an unreadable signing key stops serve here, at once
-        self.executor = Executor(config, self.stages)
+        # jobs.backend: celery — serve routes and dispatches; `dicomnode worker`s run the jobs.
+        self.remote_workers = config.jobs.backend == "celery"
+        publisher = Publisher(config, sessions) if self.remote_workers else None
+        self.executor = Executor(config, self.stages, publisher)
         # A completed series wakes the executor: its job is routed and started at once rather
         # than at the next poll.
         self.assembler = Assembler(self.write_engine, self.scheduler_engine,
@@ -93,7 +97,7 @@ class Node:
         self.receiver.start()
         if self.web is not None:
             self.web.start()
-        if self.config.jobs.enabled:
+        if self.config.jobs.enabled and not self.remote_workers:  # workers warm their own
             threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
 
     def _warm_up(self) -> None:

@@ -17,6 +17,9 @@ The JSON shape (``dicomnode status --json``)::
                                                             "seconds"}]}]}]
               (dicomnode.store.views.job_json, also what ``dicomnode jobs`` prints),
       "destinations": [{"name", "reachable", "detail", "checked_at"}]   (last C-ECHO of each),
+      "workers": [{"name", "host", "pid", "queues", "device", "state", "lost", "job",
+                   "started_at", "heartbeat_at"}]   (dicomnode worker processes, jobs.backend:
+                   celery; a job's "worker" names the one that claimed it),
       "instances": <number of instances held>,
       "associations": {"total", "by_outcome": {outcome: n}, "recent": [{"id", "calling_ae_title",
                        "called_ae_title", "address", "started_at", "ended_at", "outcome",
@@ -46,6 +49,7 @@ from dicomnode.store.views import (
     jobs_json,
     rejections_json,
     series_json,
+    workers_json,
 )
 
 #: How many recent associations and rejections are listed.
@@ -80,6 +84,7 @@ def collect_status(engine: Engine, layout: StorageLayout | None = None) -> dict[
             "series": [series_json(s) for s in series],
             "jobs": jobs_json(session, jobs),
             "destinations": [destination_json(h.destination, h) for h in health],
+            "workers": workers_json(session),
             "instances": instances,
             "associations": associations_json(session, RECENT),
             "rejections": rejections_json(session, RECENT),
@@ -123,6 +128,13 @@ def format_status(status: dict[str, Any]) -> str:
         for d in status["destinations"]:
             parts.append(f"  {d['name']}: {'reachable' if d['reachable'] else 'UNREACHABLE'} "
                          f"({d['detail']}, checked {d['checked_at']})")
+    if status["workers"]:
+        parts.append("\nWorkers")
+        for w in status["workers"]:
+            job = f"job {w['job']}" if w["job"] else "idle"
+            parts.append(f"  {w['name']} ({w['host']}, {w['device']}, {','.join(w['queues'])}): "
+                         f"{'LOST' if w['lost'] else w['state']}, {job}, last heartbeat "
+                         f"{w['heartbeat_at']}")
     assoc = status["associations"]
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(assoc["by_outcome"].items())) or "none"
     parts.append(f"\nAssociations ({assoc['total']}): {outcomes}")

@@ -10,6 +10,8 @@ the CLI and ``status`` read them)::
     loading | segmenting | encoding → failed (typed reason; retry re-runs the job)
     loading | segmenting | encoding → routed at a restart (re-run), or superseded when the
                                        series has a newer revision by then
+    loading | segmenting | encoding → routed when a remote worker's lease runs out (it was
+                                       lost; ``jobs.backend: celery``)
     dispatching → dead (a delivery used up its attempts; retry re-sends the same results)
     any unfinished state → cancelled (by a person)
 
@@ -20,14 +22,23 @@ destination being down never holds back another.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from dicomnode.store.models import Base, state_column, utcnow
+from dicomnode.store.models import Base, as_utc, state_column, utcnow
 
 if TYPE_CHECKING:
     from dicomnode.store.models import Series
@@ -112,6 +123,12 @@ class Job(Base):
     sender: Mapped[str | None] = mapped_column(String(16))
     error_kind: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    #: With ``jobs.backend: celery``: when serve handed the job id to the broker (NULL: not
+    #: yet, so it is published), the worker that claimed it, and until when its claim holds
+    #: without a heartbeat. A claim whose lease ran out is the job of a lost worker.
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     series: Mapped[Series] = relationship(back_populates="jobs")
 
     @classmethod
@@ -133,6 +150,8 @@ class Job(Base):
         self.stage_times = {**(self.stage_times or {}), state.value: now.isoformat()}
         self.error_kind = error_kind
         self.error_message = error_message
+        if state == JobState.ROUTED:  # queued again: to be published and claimed afresh
+            self.published_at = self.lease_until = None
 
 
 class Delivery(Base):
@@ -165,3 +184,32 @@ class DestinationHealth(Base):
     reachable: Mapped[bool] = mapped_column(default=False)
     detail: Mapped[str] = mapped_column(String(128), default="")
     checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WorkerRecord(Base):
+    """A ``dicomnode worker`` process and its last heartbeat (``jobs.backend: celery``).
+
+    Written by the worker itself every third of ``jobs.lease_seconds``; one whose heartbeat is
+    older than the lease is reported lost by ``status``.
+    """
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    #: The broker queues it takes jobs from (``gpu,cpu``) and the device it runs models on.
+    queues: Mapped[str] = mapped_column(String(64))
+    device: Mapped[str | None] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: The job it runs now (NULL: idle).
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    #: ``running``, or ``stopped`` after a graceful stop.
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    #: Its ``jobs.lease_seconds``: a running worker not heard from for longer is lost.
+    lease_seconds: Mapped[float] = mapped_column(Float, default=60.0)
+
+    def lost(self, now: datetime) -> bool:
+        return self.state == "running" and (
+            as_utc(self.heartbeat_at) + timedelta(seconds=self.lease_seconds) < now)

@@ -4,13 +4,13 @@ jobs`` and the console's API (``dicomnode.web``). Times are ISO 8601 UTC; no pat
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from dicomnode.store.jobs import Delivery, DestinationHealth, Job
+from dicomnode.store.jobs import Delivery, DestinationHealth, Job, WorkerRecord
 from dicomnode.store.models import (
     Association,
     OperatorAction,
@@ -18,6 +18,7 @@ from dicomnode.store.models import (
     Series,
     WebhookEvent,
     as_utc,
+    utcnow,
 )
 
 Model = TypeVar("Model")
@@ -63,6 +64,8 @@ def job_json(job: Job, deliveries: Iterable[Delivery],
         "revision": job.revision, "state": job.state.value, "instances": job.instance_count,
         "pipeline": job.pipeline, "rule": job.rule, "priority": job.priority,
         "sender": job.sender, "attempts": job.attempts,
+        # jobs.backend: celery — the dicomnode worker that claimed it (NULL: the local executor)
+        "worker": job.claimed_by,
         "error_kind": job.error_kind, "error_message": job.error_message,
         "created_at": iso(job.created_at), "updated_at": iso(job.updated_at),
         "stage_times": job.stage_times, "stage_seconds": stage_seconds(job.stage_times),
@@ -173,3 +176,24 @@ def rejections_json(session: Session, limit: int, offset: int = 0,
     (of ``kind`` only, when given)."""
     return _audit(session, Rejection, Rejection.kind, kind, limit, offset, "by_kind",
                   rejection_json)
+
+
+#: Workers not heard from for this long are no longer listed.
+WORKERS_KEPT = timedelta(days=1)
+
+
+def worker_json(worker: WorkerRecord, now: datetime) -> dict[str, Any]:
+    """A ``dicomnode worker`` (``jobs.backend: celery``): ``lost`` when it stopped sending
+    heartbeats without a graceful stop (killed, its machine or network gone)."""
+    return {"name": worker.name, "host": worker.host, "pid": worker.pid,
+            "queues": worker.queues.split(","), "device": worker.device,
+            "state": "lost" if worker.lost(now) else worker.state, "lost": worker.lost(now),
+            "job": worker.job_id, "started_at": iso(worker.started_at),
+            "heartbeat_at": iso(worker.heartbeat_at)}
+
+
+def workers_json(session: Session) -> list[dict[str, Any]]:
+    now = utcnow()
+    return [worker_json(w, now) for w in session.scalars(
+        select(WorkerRecord).where(WorkerRecord.heartbeat_at > now - WORKERS_KEPT)
+        .order_by(WorkerRecord.name))]

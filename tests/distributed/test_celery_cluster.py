@@ -1,0 +1,115 @@
+"""serve + two ``dicomnode worker`` processes through a real RabbitMQ, on PostgreSQL, with a
+real nnU-Net (random weights) and Orthanc: every job done exactly once, through faults.
+
+"Exactly once" is read from three places: the job table (one attempt, one worker), the
+workers' own logs (one claim per job), and Orthanc (one SEG and one SR per series, no SOP
+Instance UID twice).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from tests.distributed.conftest import LEASE, Cluster, write_series
+from tests.e2e.conftest import orthanc_objects
+from tests.orthanc import Orthanc
+from tests.service.conftest import storescu
+
+SEG, SR = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34"
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _results_in(orthanc: Orthanc) -> tuple[Counter[str], Counter[str]]:
+    """(SOP class → count, referenced series → SEG count) of what Orthanc holds."""
+    objects = orthanc_objects(orthanc)
+    uids = Counter(str(ds.SOPInstanceUID) for ds in objects)
+    assert max(uids.values(), default=1) == 1, "an object stored twice"
+    segs = Counter(str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID) for ds in objects
+                   if ds.SOPClassUID == SEG)
+    return Counter(str(ds.SOPClassUID) for ds in objects), segs
+
+
+def _send(port: int, folders: list[Path], calling: str) -> None:
+    for folder in folders:
+        sent = storescu(port, folder, calling=calling)
+        assert sent.returncode == 0, sent.stdout
+
+
+def test_ten_series_from_two_senders_done_once_by_two_workers(
+        cluster: Any, orthanc: Orthanc, ct_sources: list[pydicom.Dataset], tmp_path: Path
+) -> None:
+    run = cluster()
+    for worker in [run.add_worker("w1", ready=False), run.add_worker("w2", ready=False)]:
+        worker.wait_ready()
+    folders = [tmp_path / f"series{i}" for i in range(10)]
+    series = [write_series(folder, ct_sources, 8) for folder in folders]
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two senders at once
+        for future in [pool.submit(_send, run.node.port, folders[0::2], "SENDER_A"),
+                       pool.submit(_send, run.node.port, folders[1::2], "SENDER_B")]:
+            future.result()
+    jobs = run.wait_jobs(10)
+    elapsed = time.monotonic() - started
+    assert [j["state"] for j in jobs] == ["done"] * 10, jobs
+    assert all(j["attempts"] == 1 for j in jobs), jobs
+    ran_by = Counter(j["claimed_by"] for j in jobs)
+    assert set(ran_by) == {"w1", "w2"}, ran_by  # both took jobs (prefetch 1)
+    claims = run.claims()
+    assert sorted(claims) == [j["id"] for j in jobs] and all(
+        len(names) == 1 for names in claims.values()), claims
+    kinds, segs = _results_in(orthanc)
+    assert kinds[SR] == 10 and segs == Counter(series), (kinds, segs)
+    # status names the workers and their heartbeats
+    status = run.node.status()
+    workers = {w["name"]: w for w in status["workers"]}
+    assert set(workers) == {"w1", "w2"} and all(not w["lost"] for w in workers.values())
+    stages: Counter[str] = Counter()
+    for job in status["jobs"]:
+        stages.update(job["stage_seconds"])
+    print(f"10 series, 2 workers: {elapsed:.1f} s; jobs per worker {dict(ran_by)}; seconds "
+          f"per stage, all jobs: { {k: round(v, 1) for k, v in stages.items()} }")
+
+
+def test_worker_killed_mid_job_its_job_finishes_once_on_the_other(
+        cluster: Any, orthanc: Orthanc, ct_sources: list[pydicom.Dataset], tmp_path: Path
+) -> None:
+    run: Cluster = cluster()
+    workers = {"w1": run.add_worker("w1"), "w2": run.add_worker("w2")}
+    # full resolution: the run lasts long enough to be caught in it
+    series = write_series(tmp_path / "big", ct_sources, 20, shrink=1)
+    assert storescu(run.node.port, tmp_path / "big").returncode == 0
+    deadline = time.monotonic() + 120
+    while True:
+        (job,) = run.jobs() or [{"state": "none", "claimed_by": None}]
+        if job["state"] in ("loading", "segmenting", "encoding") and job["claimed_by"]:
+            break
+        assert job["state"] not in ("dispatching", "done"), "the job finished before the kill"
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    victim = job["claimed_by"]
+    workers[victim].kill9()
+    killed_in = job["state"]
+    other = "w2" if victim == "w1" else "w1"
+    (job,) = run.wait_jobs(1, timeout=120 + LEASE)
+    assert job["state"] == "done", job
+    assert job["claimed_by"] == other and job["attempts"] == 2, job
+    assert run.claims()[job["id"]] == [victim, other]
+    kinds, segs = _results_in(orthanc)
+    assert segs == Counter([series]) and kinds[SR] == 1, kinds
+    stored = {str(ds.SOPInstanceUID) for ds in orthanc_objects(orthanc)}
+    results = run.node.root / "var" / "jobs" / f"{job['id']:08d}"
+    written = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+               for p in results.glob("*.dcm")}
+    assert written == stored, (written, stored)
+    status = run.node.status()
+    lost = {w["name"]: w["lost"] for w in status["workers"]}
+    assert lost == {victim: True, other: False}, lost
+    print(f"killed {victim} while {killed_in}; {other} finished the job")
