@@ -299,20 +299,29 @@ def test_overview_and_destinations_in_the_browser(failed_in_browser: dict[str, A
     assert audit["items"][0]["target"] == "destination:down"
 
 
-def test_dead_letters_are_listed_with_a_retry(dashboard: Console,
+def test_dead_letters_are_listed_and_requeued(dashboard: Console,
                                               failed_in_browser: dict[str, Any]) -> None:
-    """A delivery that used up its attempts, as the dispatcher leaves it."""
+    """A delivery that used up its attempts, as the dispatcher leaves it, then requeued."""
     job_id = failed_in_browser["job_id"]
     dashboard.node.query(
         "INSERT INTO deliveries (job_id, destination, state, attempts, next_attempt_at, "
         f"error_kind, error_message, stored) VALUES ({job_id}, 'down', 'dead', 5, "
         "'2026-01-01 00:00:00', 'unreachable', 'cannot associate', '[]')")
-    with dashboard.client("olga") as client:
-        page = client.get("/destinations")
-    assert page.status_code == 200
-    dead = page.text.split('id="dead-letters"')[1]
-    assert f'<tr data-job="{job_id}">' in dead and "cannot associate" in dead
-    assert f'data-post="/api/v1/jobs/{job_id}/retry"' in dead
+    page = failed_in_browser["page"]
+    page.goto(f"{dashboard.url}/destinations")
+    down = page.locator('section.dead-letters[data-destination="down"]')
+    assert "(1)" in down.locator("h3").inner_text()
+    row = down.locator(f'tr[data-job="{job_id}"]')
+    assert "cannot associate" in row.inner_text()
+    assert row.locator("button").is_enabled()
+    assert page.locator('section.dead-letters[data-destination="self"] button').is_disabled()
+    down.locator("h3 button").click()
+    page.wait_for_selector("#flash:not([hidden])")
+    assert "requeued the dead letters of down" in page.inner_text("#flash")
+    with dashboard.client("victor") as client:
+        audit = client.get("/api/v1/audit", params={"action": "requeue"}).json()["items"]
+    assert audit[0]["user"] == "olga" and audit[0]["target"] == "destination:down"
+    assert audit[0]["detail"] == "1 deliveries"
 
 
 def test_lists_page_and_filter(dashboard: Console, failed_in_browser: dict[str, Any]) -> None:
@@ -324,3 +333,36 @@ def test_lists_page_and_filter(dashboard: Console, failed_in_browser: dict[str, 
     assert 'data-source="/api/v1/jobs?state=done&amp;limit=50&amp;offset=0"' in done.text
     assert "← newer" in later.text and 'href="/jobs?offset=0"' in later.text
     assert f"of <span data-total>{api.json()['total']}</span>" in later.text
+
+
+def test_instances_per_minute_reads_only_the_last_hour(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Newest first by id, in slices (three rows here), until a slice ends before the hour."""
+    from datetime import timedelta
+
+    from sqlalchemy import insert
+    from sqlalchemy.orm import Session
+
+    from dicomnode.store import Instance, Series, Study, create_schema, make_engine, utcnow
+    from dicomnode.web.pages import data
+
+    monkeypatch.setattr(data, "RATE_SLICE", 3)
+    engine = make_engine(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    create_schema(engine)
+    now = utcnow()
+    # minutes ago, oldest first (id order); the window starts 59 minutes before this minute
+    ages = [180, 90, 61, 59, 30, 30, 30, 2, 0]
+    with Session(engine) as session, session.begin():
+        session.execute(insert(Study), [{"id": 1, "study_instance_uid": "1.2",
+                                         "first_received_at": now}])
+        session.execute(insert(Series), [{"id": 1, "series_instance_uid": "1.2.3", "study_id": 1,
+                                          "first_received_at": now, "last_received_at": now}])
+        session.execute(insert(Instance), [
+            {"sop_instance_uid": f"1.2.3.{n}", "series_id": 1, "sop_class_uid": "1.2",
+             "transfer_syntax_uid": "1.2", "path": f"{n}.dcm", "size": 1,
+             "received_at": now - timedelta(minutes=age)} for n, age in enumerate(ages)])
+    with Session(engine) as session:
+        counts = data.instances_per_minute(session)
+    engine.dispose()
+    assert len(counts) == 60 and sum(counts) == 6
+    assert counts[0] == 1 and counts[29] == 3 and counts[57] == 1 and counts[59] == 1

@@ -35,6 +35,8 @@ TEMPLATES = WEB / "templates"
 STATIC = WEB / "static"
 #: Rows per page of the lists (the API's own limit is higher; a page must stay fast).
 PAGE_SIZE = 50
+#: Dead letters listed per destination (newest job first).
+DEAD_LETTERS = 50
 #: SR measurement tables kept parsed (the files of a finished job do not change).
 SR_CACHE = 64
 #: Bytes a login form may have.
@@ -282,7 +284,9 @@ def _router(templates: Jinja2Templates) -> APIRouter:
         return live(request, caller, part, "destinations_body.html", heading="Destinations",
                     refresh="/destinations?part=body", nav="destinations",
                     destinations=api.list_destinations(context)["items"],
-                    letters=data.dead_letters(context))
+                    counts=data.deliveries_by_destination(context),
+                    dead={name: api.list_dead_letters(name, context, limit=DEAD_LETTERS, offset=0)
+                          for name in context.config.destinations})
 
     @router.get("/models", response_class=HTMLResponse)
     def models(request: Request, caller: Caller, context: Context) -> HTMLResponse:

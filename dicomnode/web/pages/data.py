@@ -1,6 +1,6 @@
-"""What the pages show beyond the API's lists: the overview's aggregates, dead letters and the
-model store. Each is a few ``GROUP BY`` or indexed queries, so a page stays fast with tens of
-thousands of series in the index."""
+"""What the pages show beyond the API's lists: the overview's aggregates, deliveries by
+destination and the model store. Each is a few ``GROUP BY`` or indexed queries, so a page stays
+fast with tens of thousands of series in the index."""
 
 from __future__ import annotations
 
@@ -13,37 +13,40 @@ from sqlalchemy.orm import Session
 from dicomnode.metrics.collector import QUEUE_STATES
 from dicomnode.metrics.host import gpu_memory, storage_free_bytes
 from dicomnode.models.registry import REGISTRY, ModelStore
-from dicomnode.store import (
-    Delivery,
-    DeliveryState,
-    Instance,
-    Job,
-    Series,
-    SeriesState,
-    as_utc,
-    utcnow,
-)
-from dicomnode.store.views import iso
+from dicomnode.store import Delivery, Instance, Job, Series, SeriesState, as_utc, utcnow
 from dicomnode.web.app import WebContext
 
 #: Minutes the overview's ingest chart spans.
 RATE_MINUTES = 60
-#: Dead deliveries listed on the destinations page (newest first).
-DEAD_LETTERS = 100
+#: Instance rows read at a time for it.
+RATE_SLICE = 2000
 
 
 def instances_per_minute(session: Session, minutes: int = RATE_MINUTES) -> list[int]:
     """Instances indexed in each of the last ``minutes`` minutes, oldest first (the current,
-    partial minute last)."""
+    partial minute last).
+
+    ``received_at`` has no index, and the table holds every instance not yet purged: rows are
+    read newest first by primary key, which grows in the order instances arrive, in slices,
+    until one is older than the window, so the cost follows the last hour's instances rather
+    than the table.
+    """
     now = utcnow()
     start = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
     counts = [0] * minutes
-    for (at,) in session.execute(select(Instance.received_at).where(
-            Instance.received_at >= start)):
-        slot = int((as_utc(at) - start).total_seconds() // 60)
-        if 0 <= slot < minutes:
-            counts[slot] += 1
-    return counts
+    below: int | None = None
+    while True:
+        query = select(Instance.id, Instance.received_at).order_by(Instance.id.desc())
+        if below is not None:
+            query = query.where(Instance.id < below)
+        rows = session.execute(query.limit(RATE_SLICE)).all()
+        for _, at in rows:
+            slot = int((as_utc(at) - start).total_seconds() // 60)
+            if 0 <= slot < minutes:
+                counts[slot] += 1
+        if len(rows) < RATE_SLICE or as_utc(rows[-1][1]) < start:
+            return counts
+        below = rows[-1][0]
 
 
 def overview(context: WebContext) -> dict[str, Any]:
@@ -75,25 +78,15 @@ def _flow_order(state: str) -> tuple[int, str]:
     return (QUEUE_STATES.index(state) if state in QUEUE_STATES else len(QUEUE_STATES), state)
 
 
-def dead_letters(context: WebContext, limit: int = DEAD_LETTERS) -> dict[str, Any]:
-    """Deliveries that exhausted their attempts (newest first), and deliveries by destination
-    and state."""
+def deliveries_by_destination(context: WebContext) -> dict[str, dict[str, int]]:
+    """Deliveries by destination and state (``pending``, ``delivered``, ``dead``)."""
     with Session(context.engine) as session:
-        by_state: dict[str, dict[str, int]] = {}
+        counts: dict[str, dict[str, int]] = {}
         for destination, state, count in session.execute(
                 select(Delivery.destination, Delivery.state, func.count())
                 .group_by(Delivery.destination, Delivery.state)):
-            by_state.setdefault(str(destination), {})[str(state)] = int(count)
-        rows = session.execute(
-            select(Delivery, Series.series_instance_uid).join(Job, Delivery.job_id == Job.id)
-            .join(Series, Job.series_id == Series.id)
-            .where(Delivery.state == DeliveryState.DEAD)
-            .order_by(Delivery.id.desc()).limit(limit)).all()
-        dead = [{"job_id": d.job_id, "series_instance_uid": uid, "destination": d.destination,
-                 "attempts": d.attempts, "error_kind": d.error_kind,
-                 "error_message": d.error_message, "next_attempt_at": iso(d.next_attempt_at)}
-                for d, uid in rows]
-    return {"by_destination": by_state, "dead": dead}
+            counts.setdefault(str(destination), {})[str(state)] = int(count)
+    return counts
 
 
 def models(context: WebContext) -> list[dict[str, Any]]:
@@ -121,4 +114,4 @@ def models(context: WebContext) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["dead_letters", "instances_per_minute", "models", "overview"]
+__all__ = ["deliveries_by_destination", "instances_per_minute", "models", "overview"]
