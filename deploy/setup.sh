@@ -30,9 +30,10 @@ if command -v apt-get >/dev/null 2>&1; then
   # one the end-to-end tests deliver to; postgresql: the server the PostgreSQL-index tests start a
   # throw-away cluster of; nginx + npm: the local OHIF viewer (served by nginx, fetched by npm);
   # chromium: the browser the viewer tests drive; systemd: systemd-analyze for the unit tests;
-  # prometheus: the server the metrics tests scrape the node with.
+  # prometheus: the server the metrics tests scrape the node with; rabbitmq-server: the broker
+  # the tests of workers on other machines (jobs.backend: celery) start on free ports.
   $SUDO apt-get install -y -qq --no-install-recommends dcmtk orthanc orthanc-dicomweb \
-    postgresql nginx chromium systemd prometheus >/dev/null
+    postgresql nginx chromium systemd prometheus rabbitmq-server >/dev/null
   # Debian's npm conflicts with a Node.js from elsewhere (NodeSource ships its own npm).
   command -v npm >/dev/null 2>&1 || $SUDO apt-get install -y -qq --no-install-recommends npm \
     >/dev/null
@@ -42,8 +43,9 @@ if command -v apt-get >/dev/null 2>&1; then
   # from coming back at boot on the stack's ports). nginx keeps its port 80; ours is 3000.
   $SUDO systemctl disable --now orthanc 2>/dev/null || $SUDO service orthanc stop 2>/dev/null || true
   $SUDO systemctl stop postgresql 2>/dev/null || $SUDO service postgresql stop 2>/dev/null || true
-  # Prometheus (and its node exporter) start on 9090/9100; the tests run their own.
-  for service in prometheus prometheus-node-exporter; do
+  # Prometheus (and its node exporter) start on 9090/9100, RabbitMQ on 5672 (with epmd on 4369);
+  # the tests run their own, and a single node needs no broker.
+  for service in prometheus prometheus-node-exporter rabbitmq-server; do
     $SUDO systemctl disable --now "$service" 2>/dev/null || $SUDO service "$service" stop \
       2>/dev/null || true
   done

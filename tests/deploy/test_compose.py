@@ -48,7 +48,9 @@ def environment(name: str) -> dict[str, str]:
     env = service(name).get("environment", {})
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
-    return {key: str(value).lower() if isinstance(value, bool) else str(value)
+    # compose's ${NAME:-default} with nothing set in the shell: the default
+    return {key: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1",
+                        str(value).lower() if isinstance(value, bool) else str(value))
             for key, value in env.items()}
 
 
@@ -112,7 +114,12 @@ def nginx_locations(text: str) -> dict[str, str]:
 # --- structure --------------------------------------------------------------------------------
 
 def test_compose_parses_with_its_three_services() -> None:
-    assert set(compose()["services"]) == {"orthanc", "ohif", "node"}
+    by_profile = {name: tuple(spec.get("profiles", ())) for name, spec in
+                  compose()["services"].items()}
+    assert {name for name, profiles in by_profile.items() if not profiles} == {
+        "orthanc", "ohif", "node"}
+    assert {name for name, profiles in by_profile.items() if profiles == ("scale",)} == {
+        "rabbitmq", "postgres", "worker-1", "worker-2"}
     assert "CHECKED OFFLINE ONLY" in COMPOSE_FILE.read_text().split("\nname:")[0]
     assert service("ohif")["image"] == "ohif/app:v3.13.2"
 
@@ -240,3 +247,38 @@ def test_nginx_accepts_the_server_block(tmp_path: Path) -> None:
 if __name__ == "__main__":
     APP_CONFIG.write_text(render_app_config())
     print(f"wrote {APP_CONFIG.relative_to(REPO)}")
+
+
+def test_scale_profile_workers_share_the_nodes_storage_database_and_broker(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Profile scale: each worker, with its environment, reads config.yaml to the node's
+    storage volume at the node's path, the PostgreSQL and RabbitMQ services of the profile,
+    and the broker URL the node publishes to; without the shell's variables the node itself
+    stays the self-contained default (local executor, SQLite)."""
+    node_env = environment("node")
+    for key, value in node_env.items():
+        monkeypatch.setenv(key, value)
+    node = load_config(REPO / "config.yaml")
+    assert (node.jobs.backend, node.storage.database_url) == ("local", "")
+    postgres, rabbitmq = environment("postgres"), environment("rabbitmq")
+    names = []
+    for name in ("worker-1", "worker-2"):
+        spec = service(name)
+        assert "node-var:/opt/dicomnode/var" in spec["volumes"] == service("node")["volumes"]
+        assert spec["build"] == service("node")["build"]
+        for key, value in environment(name).items():
+            monkeypatch.setenv(key, value)
+        worker = load_config(REPO / "config.yaml")
+        assert worker.jobs.backend == "celery"
+        assert worker.jobs.broker_url == node_env["DICOMNODE_BROKER_URL"] == (
+            f"amqp://{rabbitmq['RABBITMQ_DEFAULT_USER']}:{rabbitmq['RABBITMQ_DEFAULT_PASS']}"
+            "@rabbitmq:5672//")
+        assert worker.storage.database_url == (
+            f"postgresql+psycopg://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}"
+            f"@postgres:5432/{postgres['POSTGRES_DB']}")
+        assert worker.storage.path == node.storage.path
+        command = spec["command"]
+        assert command[:2] == ["dicomnode", "worker"] and set(spec["depends_on"]) == {
+            "rabbitmq", "postgres", "node"}
+        names.append(command[command.index("--name") + 1])
+    assert names == ["worker-1", "worker-2"]  # distinct: each holds its own claims

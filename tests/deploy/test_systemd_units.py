@@ -335,3 +335,20 @@ def test_node_unit_runs_unprivileged(sandbox: Sandbox) -> None:
     assert code == 0, log_path.read_text()
     assert "node.stopped" in log_path.read_text()
     assert {p.stat().st_uid for p in (sandbox.install / "var").rglob("*")} == {sandbox.uid}
+
+
+def test_worker_unit_runs_a_gpu_worker_after_the_shared_storage() -> None:
+    """dicomnode-worker.service: `dicomnode worker` with arguments its parser accepts, the
+    storage mounted first, time for a running job to finish on SIGTERM (warm shutdown)."""
+    from dicomnode.cli import build_parser
+
+    worker = unit("dicomnode-worker.service")
+    service = worker["Service"]
+    command = shlex.split(value(service, "ExecStart"))
+    assert command[0] == f"{INSTALL}/.venv/bin/dicomnode" and command[1] == "worker"
+    args = build_parser().parse_args(command[1:])
+    assert (args.queue, args.device, str(args.config)) == ("gpu", "cuda:0",
+                                                           f"{INSTALL}/config.yaml")
+    assert words(worker["Unit"], "RequiresMountsFor") == [f"{INSTALL}/var"]
+    assert value(service, "KillMode") == "mixed"
+    assert int(value(service, "TimeoutStopSec")) >= 600
