@@ -17,7 +17,8 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from tests.models.test_trained_model import FIXTURE, write_ct_series as write_trained_ct
+from tests.models.test_trained_model import write_ct_series as write_trained_ct
+from tests.models.train_small_model import TRAINED_CT_MODEL
 from tests.service.conftest import _cli, running_nodes, storescu, write_ct_series
 from tests.viewer.browser import CHROMIUM, chromium
 from tests.web.conftest import (
@@ -210,9 +211,10 @@ def test_a_viewer_sees_the_failed_job_but_cannot_retry_it(
         return [answer.status, (await answer.json()).detail]; }""",
                             f"/api/v1/jobs/{job_id}/retry")
     assert refused[0] == 403 and "operator role" in refused[1]
-    page.goto(f"{dashboard.url}/destinations")
-    assert page.locator("button[data-post]").count() >= 2
-    assert page.locator("button:enabled[data-post]").count() == 0
+    for path in ("/destinations", "/models"):
+        page.goto(f"{dashboard.url}{path}")
+        assert page.locator("button[data-post]").count() >= 2
+        assert page.locator("button:enabled[data-post]").count() == 0
     page.context.close()
 
 
@@ -227,7 +229,7 @@ def test_install_the_model_retry_and_see_the_results(
 
     node = dashboard.node
     installed = subprocess.run([*_cli(), "models", "install", "vertebral-bodies-ct-m",
-                                str(FIXTURE), "--config", str(node.config_path)],
+                                str(TRAINED_CT_MODEL), "--config", str(node.config_path)],
                                capture_output=True, text=True, timeout=300, cwd=node.root)
     assert installed.returncode == 0, installed.stdout + installed.stderr
 
@@ -280,9 +282,17 @@ def test_a_series_moves_through_the_job_states_in_the_list(
     assert [flow.index(s) for s in seen] == sorted(flow.index(s) for s in seen), seen
 
 
-def test_overview_and_destinations_in_the_browser(failed_in_browser: dict[str, Any],
-                                                  dashboard: Console) -> None:
+def test_overview_models_and_destinations_in_the_browser(failed_in_browser: dict[str, Any],
+                                                         dashboard: Console) -> None:
     page = failed_in_browser["page"]
+    page.goto(f"{dashboard.url}/models")
+    row = page.locator('tr[data-model="vertebral-bodies-ct-m"]')
+    cells = row.locator("td").all_inner_texts()
+    assert cells[3] == "installed" and cells[4] == "yes" and cells[7] == "yes", cells  # warm
+    assert "not installed" in page.locator('tr[data-model="spineps-t2w"]').inner_text()
+    row.locator("button").click()
+    page.wait_for_selector("#flash:not([hidden])", timeout=JOB_TIMEOUT * 1000)
+    assert "vertebral-bodies-ct-m verified" in page.inner_text("#flash")
     page.goto(f"{dashboard.url}/")
     assert int(page.inner_text("#rate-hour")) >= 2 * 112
     assert page.locator("#jobs-by-state a", has_text="done").count() == 1

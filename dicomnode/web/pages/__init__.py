@@ -24,7 +24,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from dicomnode.store import CANCELLABLE_STATES, RETRYABLE_STATES, JobState, SeriesState
-from dicomnode.web import api
+from dicomnode.web import api, setup_api
 from dicomnode.web.app import API, WebContext, context_of
 from dicomnode.web.auth import Principal
 from dicomnode.web.pages import data
@@ -290,8 +290,10 @@ def _router(templates: Jinja2Templates) -> APIRouter:
 
     @router.get("/models", response_class=HTMLResponse)
     def models(request: Request, caller: Caller, context: Context) -> HTMLResponse:
-        return page(request, "models.html", caller, nav="models", models=data.models(context),
-                    store=str(context.config.models.path), device=context.config.models.device)
+        return page(request, "models.html", caller, nav="models",
+                    models=setup_api.list_models(caller, context)["items"],
+                    used=data.rule_models(context), store=str(context.config.models.path),
+                    device=context.config.models.device)
 
     @router.get("/audit", response_class=HTMLResponse)
     def audit(request: Request, caller: Caller, context: Context, offset: Offset = 0

@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 
 from dicomnode.metrics.collector import QUEUE_STATES
 from dicomnode.metrics.host import gpu_memory, storage_free_bytes
-from dicomnode.models.registry import REGISTRY, ModelStore
 from dicomnode.store import Delivery, Instance, Job, Series, SeriesState, as_utc, utcnow
 from dicomnode.web.app import WebContext
 
@@ -89,29 +88,14 @@ def deliveries_by_destination(context: WebContext) -> dict[str, dict[str, int]]:
     return counts
 
 
-def models(context: WebContext) -> list[dict[str, Any]]:
-    """Every registry model: installed or not, its version and size, and whether a rule's
-    pipeline runs it (``models.pipeline_models``, else the pipeline's default)."""
+def rule_models(context: WebContext) -> set[str]:
+    """The models the routing rules' pipelines run (``models.pipeline_models``, else each
+    pipeline's default)."""
     from dicomnode.models.pipelines import get_pipeline
 
     config = context.config
-    store = ModelStore(config.models.path)
-    routed = {p for rule in config.routing.rules for p in rule.pipelines}
-    chosen = {p: config.models.pipeline_models.get(p) or get_pipeline(p).models[0]
-              for p in routed}
-    rows = []
-    for entry in REGISTRY.values():
-        installed = store.find(entry.name)
-        rows.append({
-            "name": entry.name, "pipeline": entry.pipeline, "modality": entry.modality,
-            "description": entry.description, "installed": installed is not None,
-            "version": installed.version if installed else entry.version,
-            "size": installed.manifest.get("size") if installed else entry.size,
-            "path": str(installed.path) if installed else None,
-            "source": entry.source, "license": entry.license,
-            "used_by_rules": chosen.get(entry.pipeline) == entry.name,
-        })
-    return rows
+    pipelines = {p for rule in config.routing.rules for p in rule.pipelines}
+    return {config.models.pipeline_models.get(p) or get_pipeline(p).models[0] for p in pipelines}
 
 
-__all__ = ["deliveries_by_destination", "instances_per_minute", "models", "overview"]
+__all__ = ["deliveries_by_destination", "instances_per_minute", "overview", "rule_models"]
