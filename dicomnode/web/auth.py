@@ -208,7 +208,9 @@ class Authenticator:
     def session(self, value: str) -> tuple[User, str] | None:
         """The user and CSRF token of a session cookie, None when it is not a valid one."""
         payload, _, signature = value.partition(".")
-        if not signature or not hmac.compare_digest(signature, self._sign(payload)):
+        # Ours are ASCII; compare_digest would raise on a forged non-ASCII one (a 500).
+        if not (signature and value.isascii()) or not hmac.compare_digest(
+                signature, self._sign(payload)):
             return None
         try:
             data = json.loads(_unb64(payload))
@@ -245,7 +247,7 @@ class Authenticator:
                 raise HTTPException(401, "the session has expired or is not valid; log in again")
             user, csrf = found
             if request.method not in SAFE_METHODS and not hmac.compare_digest(
-                    request.headers.get(CSRF_HEADER, ""), csrf):
+                    request.headers.get(CSRF_HEADER, "").encode(), csrf.encode()):
                 raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header (the value of "
                                          f"the {CSRF_COOKIE} cookie)")
             return Principal(user.name, user.role, "session")

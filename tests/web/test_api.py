@@ -394,3 +394,14 @@ def test_job_result_files_outside_the_folder_are_404_json(console: Console,
         assert client.get("/api/v1/jobs/999999/files/01_SR.dcm").status_code == 404
     with console.client() as client:  # no user
         assert client.get(f"/api/v1/jobs/{job_id}/files/01_SR.dcm").status_code == 401
+
+
+def test_non_ascii_session_or_csrf_values_are_refused_not_errors(console: Console) -> None:
+    """Forged values a browser can send (latin-1 header bytes): 401/403, never a 500."""
+    with httpx.Client(base_url=console.url) as client:
+        assert client.get("/api/v1/me", headers={
+            "Cookie": "dicomnode_session=caf\xe9.sign\xe9".encode("latin-1")}).status_code == 401
+        client.post("/api/v1/login", json={"name": "olga", "password": "operator-secret"})
+        answer = client.post("/api/v1/destinations/self/echo",
+                             headers={"X-CSRF-Token": "caf\xe9".encode("latin-1")})
+    assert answer.status_code == 403, answer.text
