@@ -37,6 +37,7 @@ from dicomnode.store.views import (
     operator_action_json,
     rejections_json,
     series_json,
+    workers_json,
 )
 from dicomnode.web.app import WebContext, context_of
 from dicomnode.web.auth import (
@@ -333,6 +334,15 @@ def requeue_dead_letters(name: str, request: Request, caller: Caller, context: C
                    f"{len(jobs)} deliveries")
     context.wake()
     return {"destination": name, "requeued": len(jobs), "jobs": jobs}
+
+
+# --- workers (jobs.backend: celery) -----------------------------------------------------------
+
+@router.get("/workers", tags=["workers"],
+            summary="dicomnode worker processes: the job each runs, last heartbeat, lost or not")
+def list_workers(context: Context) -> dict[str, Any]:
+    with Session(context.engine) as session:
+        return {"items": workers_json(session)}
 
 
 # --- audit ------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ Instance UID twice).
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,12 @@ def test_ten_series_from_two_senders_done_once_by_two_workers(
     status = run.node.status()
     workers = {w["name"]: w for w in status["workers"]}
     assert set(workers) == {"w1", "w2"} and all(not w["lost"] for w in workers.values())
+    assert {j["id"]: j["worker"] for j in status["jobs"]} == {
+        j["id"]: j["claimed_by"] for j in jobs}
+    # and so does the console's API
+    api = f"http://127.0.0.1:{run.node.config['web']['port']}/api/v1/workers"
+    with urllib.request.urlopen(api, timeout=30) as answer:
+        assert {w["name"] for w in json.load(answer)["items"]} == {"w1", "w2"}
     stages: Counter[str] = Counter()
     for job in status["jobs"]:
         stages.update(job["stage_seconds"])

@@ -1,6 +1,7 @@
 """Faults around the broker and serve, and a worker that cannot see the node: RabbitMQ stopped
 and started again while jobs wait in it (and while serve routes a new one), serve restarted
-while the workers run jobs; every job still done exactly once, its results in Orthanc once.
+while the workers run jobs, a worker stopped (SIGTERM) in the middle of one; every job still
+done exactly once, its results in Orthanc once.
 """
 
 from __future__ import annotations
@@ -66,10 +67,22 @@ def test_broker_and_serve_restarts_lose_and_double_nothing(
         len(names) == 1 for names in claims.values()), claims
     kinds, segs = _results_in(orthanc)
     assert kinds[SR] == 5 and segs == Counter(series), (kinds, segs)
-    for worker in workers:  # SIGTERM: a warm shutdown, recorded as a stop, not a loss
+
+    # SIGTERM to a worker in the middle of a job: Celery's warm shutdown finishes it first
+    send("during-stop")
+    _wait(lambda: len(run.jobs()) == 6 and run.jobs()[5]["state"] in (
+        "loading", "segmenting", "encoding"), "the 6th job running")
+    (busy,) = [w for w in workers if w.name == run.jobs()[5]["claimed_by"]]
+    assert busy.stop() == 0, busy.text()[-3000:]
+    last = run.wait_jobs(6)[5]
+    assert (last["state"], last["claimed_by"], last["attempts"]) == ("done", busy.name, 1), last
+    assert run.claims()[last["id"]] == [busy.name]
+    for worker in workers:  # recorded as stopped, not lost
         assert worker.stop() == 0, worker.text()[-3000:]
     assert {w["name"]: w["state"] for w in run.node.status()["workers"]} == {
         "w1": "stopped", "w2": "stopped"}
+    kinds, segs = _results_in(orthanc)
+    assert kinds[SR] == 6 and segs == Counter(series), (kinds, segs)
 
 
 def _worker(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
