@@ -21,8 +21,9 @@ leave out counters, which would look like resets.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import (
@@ -87,6 +88,9 @@ SPECS: tuple[Spec, ...] = (
          "(a resend of a held instance, acknowledged, first copy kept), conflict (another "
          "object under a held SOP Instance UID: refused, kept aside), refused (every other "
          "refusal; by reason in dicomnode_refusals_total)."),
+    Spec("counter", "dicomnode_instances_received_bytes_total", (),
+         "Bytes of the instances stored (spool file sizes; duplicates and refusals add "
+         "nothing)."),
     Spec("counter", "dicomnode_refusals_total", ("kind",),
          "Refusals recorded in the index, by typed reason (rejections.kind): refused C-STORE "
          "requests (uid-conflict included) and presentation contexts refused at negotiation "
@@ -129,6 +133,9 @@ SPECS: tuple[Spec, ...] = (
          "Unix time of the destination's last C-ECHO."),
     Spec("gauge", "dicomnode_model_installed", ("model", "pipeline"),
          "1 when a complete copy of the registry model is installed under models.path, else 0."),
+    Spec("gauge", "dicomnode_model_warm", ("model", "pipeline"),
+         "1 when the installed model is loaded in the runtime of the process serving /metrics "
+         "(serve's own job workers: its next job starts without loading it), else 0."),
     Spec("gauge", "dicomnode_gpu_memory_used_bytes", ("device",),
          "GPU memory in use on the CUDA device, all processes."),
     Spec("gauge", "dicomnode_gpu_memory_total_bytes", ("device",),
@@ -193,10 +200,14 @@ class NodeCollector:
     ``immediate=True`` one makes every SQLite transaction, this one's too, take the write lock.
     """
 
-    def __init__(self, engine: Engine, layout: StorageLayout, config: Config):
+    def __init__(self, engine: Engine, layout: StorageLayout, config: Config,
+                 warm: Callable[[], list[Path]] | None = None):
         self.engine = engine
         self.layout = layout
         self.config = config
+        #: The model folders loaded in the serving process (``CaseRunner.warm_folders``);
+        #: None where nothing runs models (every model then reads 0).
+        self.warm = warm
 
     def describe(self) -> list[Metric]:
         """The families without samples (lets ``CollectorRegistry`` check names, and
@@ -224,6 +235,7 @@ class NodeCollector:
                     "duplicate": snap.duplicates, "conflict": conflicts, "refused": refused}
         for outcome in INSTANCE_OUTCOMES:
             out.add("dicomnode_instances_received_total", received[outcome], outcome)
+        out.add("dicomnode_instances_received_bytes_total", snap.bytes_received)
         kinds = {**{kind.value: 0 for kind in RejectKind}, **snap.rejections}
         for kind in sorted(kinds):
             out.add("dicomnode_refusals_total", kinds[kind], kind)
@@ -295,9 +307,11 @@ class NodeCollector:
         if free is not None:
             out.add("dicomnode_storage_free_bytes", free)
         out.add("dicomnode_storage_reserve_bytes", self.config.storage.min_free)
-        for model in installed_models(self.config.models.path):
+        for model in installed_models(self.config.models.path,
+                                      self.warm() if self.warm is not None else ()):
             out.add("dicomnode_model_installed", 1 if model.installed else 0,
                     model.name, model.pipeline)
+            out.add("dicomnode_model_warm", 1 if model.warm else 0, model.name, model.pipeline)
         for gpu in gpu_memory(self.config.models.device):
             out.add("dicomnode_gpu_memory_allocated_bytes", gpu.allocated, gpu.device)
             out.add("dicomnode_gpu_memory_reserved_bytes", gpu.reserved, gpu.device)
@@ -307,9 +321,10 @@ class NodeCollector:
                 out.add("dicomnode_gpu_memory_total_bytes", gpu.total, gpu.device)
 
 
-def registry(engine: Engine, layout: StorageLayout, config: Config) -> CollectorRegistry:
+def registry(engine: Engine, layout: StorageLayout, config: Config,
+             warm: Callable[[], list[Path]] | None = None) -> CollectorRegistry:
     """A new registry whose one collector computes every ``dicomnode_*`` metric when scraped
     (``prometheus_client.generate_latest(registry(...))``); no state outside it."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(NodeCollector(engine, layout, config))
+    reg.register(NodeCollector(engine, layout, config, warm))
     return reg

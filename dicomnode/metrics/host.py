@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +36,19 @@ class ModelState:
     name: str
     pipeline: str
     installed: bool
+    warm: bool
 
 
-def installed_models(models_path: Path) -> list[ModelState]:
-    """Every registry entry and whether a complete copy is installed under ``models.path``."""
-    store = ModelStore(models_path)
-    return [ModelState(entry.name, entry.pipeline, store.find(entry.name) is not None)
-            for entry in REGISTRY.values()]
+def installed_models(models_path: Path, loaded: Iterable[Path] = ()) -> list[ModelState]:
+    """Every registry entry, whether a complete copy is installed under ``models.path``, and
+    whether it is warm (every nnU-Net folder of it among the ``loaded`` model folders)."""
+    store, warm = ModelStore(models_path), set(loaded)
+    states = []
+    for entry in REGISTRY.values():
+        installed = store.find(entry.name)
+        states.append(ModelState(entry.name, entry.pipeline, installed is not None,
+                                 installed is not None and installed.is_warm(warm)))
+    return states
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ Which rows make which number, and why they only grow:
   transaction that inserts it (receiver and start-up recovery alike); retention deletes
   ``instances`` rows but never ``series`` rows, so this stays exact after a purge, where
   ``COUNT(instances)`` would fall.
+- bytes stored: ``SUM(series.bytes_received)``, added to in the same update as the count.
 - duplicates: ``SUM(associations.duplicates)`` (a resend adds one in its association's row).
 - conflicts and refusals: ``rejections`` rows by ``kind`` (one per refused C-STORE, and one per
   refused presentation context); rows are never deleted.
@@ -76,6 +77,8 @@ class IndexSnapshot:
 
     #: series state → (series, instances ever stored in them)
     series: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: bytes of every instance ever stored
+    bytes_received: int = 0
     #: instance rows held now, and the sum of their file sizes
     instances_held: int = 0
     bytes_held: int = 0
@@ -100,7 +103,8 @@ def _text(column: QueryableAttribute[Any]) -> ColumnElement[str]:
 
 def _grouped(name: str, table: type[Any],
              keys: list[ColumnElement[Any] | QueryableAttribute[Any]],
-             summed: QueryableAttribute[int] | None = None) -> Select[Any]:
+             summed: QueryableAttribute[int] | QueryableAttribute[int | None] | None = None
+             ) -> Select[Any]:
     """``(name, key, key, rows, SUM(summed))`` of ``table`` grouped by up to two ``keys``,
     padded with NULLs, so that every aggregate fits one ``UNION ALL``."""
     padding = [cast(null(), String)] * (2 - len(keys))
@@ -114,6 +118,7 @@ def _counts() -> CompoundSelect[Any]:
     return union_all(
         _grouped("series", Series, [_text(Series.state)], Series.instance_count),
         _grouped("instances", Instance, [], Instance.size),
+        _grouped("received", Series, [], Series.bytes_received),
         _grouped("associations", Association,
                  [_text(Association.outcome), Association.reason], Association.duplicates),
         _grouped("rejections", Rejection, [Rejection.kind]),
@@ -144,6 +149,7 @@ def _read(conn: Connection, stages: tuple[str, ...]) -> IndexSnapshot:
     return IndexSnapshot(
         series={state: value for (state, _), value in counts["series"].items()},
         instances_held=held, bytes_held=size,
+        bytes_received=counts["received"].get(("", ""), (0, 0))[1],
         associations={key: rows for key, (rows, _) in associations.items()},
         duplicates=sum(duplicates for _, duplicates in associations.values()),
         rejections={kind: rows for (kind, _), (rows, _) in counts["rejections"].items()},

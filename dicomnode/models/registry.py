@@ -14,7 +14,7 @@ Installed copies live in ``<models.path>/<name>/``: zip archives are extracted i
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -207,6 +207,14 @@ class InstalledModel:
     @property
     def version(self) -> str:
         return str(self.manifest.get("version", self.entry.version))
+
+    def is_warm(self, loaded: Collection[Path]) -> bool:
+        """Whether every nnU-Net component is among ``loaded`` model folders (a runtime's
+        ``loaded()``): a job of its pipeline then starts without loading it."""
+        folders = [self.component(c.role).resolve() for c in self.entry.components
+                   if c.kind == "nnunet"]
+        resolved = {path.resolve() for path in loaded}
+        return bool(folders) and all(folder in resolved for folder in folders)
 
 
 class ModelStore:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Engine, Table, select, update
+from sqlalchemy import Engine, Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -141,7 +141,8 @@ class InstanceIndex:
                                     inserted=False, held_digest=held)
             reopened = previous_state != SeriesState.RECEIVING
             values: dict[str, object] = {
-                "instance_count": _series.c.instance_count + 1, "last_received_at": now}
+                "instance_count": _series.c.instance_count + 1, "last_received_at": now,
+                "bytes_received": func.coalesce(_series.c.bytes_received, 0) + record.size}
             if reopened:
                 values.update(state=SeriesState.RECEIVING, revision=_series.c.revision + 1,
                               completed_at=None)

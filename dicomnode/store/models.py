@@ -112,6 +112,10 @@ class Series(Base):
                                                default=SeriesState.RECEIVING, index=True)
     revision: Mapped[int] = mapped_column(Integer, default=1)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: Bytes of every instance ever stored in the series (spool file sizes); like
+    #: ``instance_count`` it only grows (retention deletes instances, not series). Nullable:
+    #: an index made before it existed gets the column, empty, at the next start.
+    bytes_received: Mapped[int | None] = mapped_column(BigInteger, default=0)
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -69,7 +69,8 @@ class WebServer:
             self.open = check_exposure(web, context.auth.directory)
         except UsersError as exc:
             raise WebError(f"web.users_file: {exc}") from None
-        scrape = registry(self.engine, self.layout, self.config)  # computed at each scrape
+        scrape = registry(self.engine, self.layout, self.config,  # computed at each scrape
+                          self.runner.warm_folders if self.runner is not None else None)
         config = uvicorn.Config(
             build_app(context, lambda: generate_latest(scrape)), log_config=None, access_log=False,
             lifespan="off", server_header=False, proxy_headers=False,

@@ -27,12 +27,10 @@ router = APIRouter()
 
 def _models(context: WebContext) -> list[dict[str, Any]]:
     store = ModelStore(context.config.models.path)
-    warm = set(context.runner.warm_folders()) if context.runner is not None else set()
+    warm = context.runner.warm_folders() if context.runner is not None else []
     rows = []
     for entry in REGISTRY.values():
         installed = store.find(entry.name)
-        folders = ([installed.model_folder(c.role).path for c in entry.components
-                    if c.kind == "nnunet"] if installed else [])
         rows.append({
             "name": entry.name, "pipeline": entry.pipeline, "modality": entry.modality,
             "installed": installed is not None,
@@ -42,7 +40,7 @@ def _models(context: WebContext) -> list[dict[str, Any]]:
             "source": entry.source,
             # Loaded by this process's runtime (the serve's job workers): the next job of its
             # pipeline starts without loading it.
-            "warm": bool(folders) and all(f in warm for f in folders),
+            "warm": installed is not None and installed.is_warm(warm),
         })
     return rows
 

@@ -141,7 +141,8 @@ def fill(index: Index) -> None:
                  (SeriesState.RECEIVING, 2, 2, 500)]):
             row = Series(series_instance_uid=f"1.2.3.{number}", study_id=study.id,
                          state=series_state,
-                         instance_count=stored, first_received_at=BASE, last_received_at=BASE)
+                         instance_count=stored, bytes_received=stored * (size or 800),
+                         first_received_at=BASE, last_received_at=BASE)
             session.add(row)
             session.flush()
             series.append(row)
@@ -211,6 +212,8 @@ def test_every_sample_is_what_the_index_holds(empty_index: Index) -> None:
     assert refusals["disk-below-reserve"] == 0  # every kind is there, at 0 until it happens
     assert value(found, "dicomnode_instances_held") == 7
     assert value(found, "dicomnode_instances_held_bytes") == 5 * 1000 + 2 * 500
+    # received counts the purged series' bytes too (3 instances of 800 bytes).
+    assert value(found, "dicomnode_instances_received_bytes_total") == 5000 + 2400 + 1000
     assert value(found, "dicomnode_series", state="complete") == 2
     assert value(found, "dicomnode_series", state="receiving") == 1
 
@@ -294,6 +297,9 @@ def test_every_sample_is_what_the_index_holds(empty_index: Index) -> None:
                  if k[0] == "dicomnode_model_installed"}
     assert installed == {"vertebral-bodies-ct-m": 1, "vertebral-bodies-ct-l": 0,
                          "totalspineseg": 0, "spineps-t2w": 0, "spineps-t1w": 0}
+    # No runtime serves this registry: nothing is warm.
+    assert {dict(k[1])["model"]: v for k, v in found.items()
+            if k[0] == "dicomnode_model_warm"} == dict.fromkeys(installed, 0)
     # models.device: cpu, so no GPU families have samples
     assert not [k for k in found if k[0].startswith("dicomnode_gpu_")]
 

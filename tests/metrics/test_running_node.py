@@ -20,6 +20,8 @@ def test_a_scrape_counts_what_the_node_received(received_node: ReceivedNode) -> 
     assert value(found, "dicomnode_instances_held") == n
     held = received_node.node.query("SELECT SUM(size) FROM instances")[0][0]
     assert value(found, "dicomnode_instances_held_bytes") == held > 0
+    # every instance was new once: the bytes received are the bytes held (none purged)
+    assert value(found, "dicomnode_instances_received_bytes_total") == held
     assert value(found, "dicomnode_associations_total", outcome="released",
                  reason="released-by-peer") == 2
     assert value(found, "dicomnode_associations_open") == 0

@@ -8,13 +8,14 @@ import subprocess
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from dicomnode.models.registry import REGISTRY
 from tests.models.train_small_model import TRAINED_CT_MODEL
 from tests.service.conftest import _cli, storescu, write_ct_series
-from tests.web.conftest import Console
+from tests.web.conftest import METRICS_TOKEN, Console
 from tests.web.test_api import poll
 
 MODEL = "vertebral-bodies-ct-m"
@@ -85,6 +86,11 @@ def test_an_installed_model_verifies_and_is_then_warm(console: Console) -> None:
     # The model stays loaded in the node: its next job starts without loading it.
     assert models(console)[MODEL]["warm"] is True
     assert (audit[0]["outcome"], audit[0]["target"]) == ("ok", f"model:{MODEL}")
+    with console.client() as client:
+        scraped = client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    warm = {s.labels["model"]: s.value for family in text_string_to_metric_families(scraped.text)
+            if family.name == "dicomnode_model_warm" for s in family.samples}
+    assert warm == {name: float(name == MODEL) for name in REGISTRY}
 
 
 def test_rules_are_listed_in_order(console: Console) -> None:
