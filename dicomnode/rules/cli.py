@@ -26,7 +26,9 @@ def _rules_test(args: argparse.Namespace) -> int:
         facts = SeriesFacts.from_dataset(group.first_header, slices=group.frames,
                                          calling_ae_title=group.calling_ae_title)
         routable = group.kind is SeriesKind.VOLUME
-        decision = route(config.routing, facts)
+        decision = route(config.routing, facts).as_json()
+        if not routable:  # the router ignores it whatever the rules say
+            decision.update(matched_rules=[], pipelines=[], destinations=[])
         report.append({
             "series_instance_uid": group.series.series_instance_uid,
             "study_instance_uid": group.study.study_instance_uid,
@@ -34,11 +36,7 @@ def _rules_test(args: argparse.Namespace) -> int:
             "files": len(group.paths),
             "kind": group.kind.value,
             "facts": {k: v for k, v in vars(facts).items() if k != "extra"},
-            "matched_rules": [o.rule.name for o in decision.selected] if routable else [],
-            "pipelines": [p for p, _ in decision.pipelines] if routable else [],
-            "destinations": sorted({d for o in decision.selected for d in o.rule.destinations})
-            if routable else [],
-            "explanation": [o.explain() for o in decision.outcomes],
+            **decision,
         })
     if args.json:
         print(json.dumps(report, indent=2, default=list))
