@@ -20,7 +20,10 @@ from typing import Any
 import pydicom
 import pytest
 import yaml
+from pydicom.uid import generate_uid
+from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.store import Job, JobState, Series, SeriesState, Study, utcnow
 from tests.e2e.conftest import model_store, node_config, orthanc  # noqa: F401 - shared fixtures
 from tests.e2e.test_end_to_end import _ordered, _write_series
 from tests.orthanc import ORTHANC, Orthanc
@@ -216,3 +219,22 @@ def write_series(folder: Path, sources: list[pydicom.Dataset], count: int, *, sh
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def routed_job(sessions: sessionmaker[Session], pipeline: str = "vertebral-bodies-ct",
+               priority: int = 0) -> int:
+    """A job in state ``routed`` on a series of its own, without instances; returns its id."""
+    moment = utcnow()
+    with sessions.begin() as session:
+        study = Study(study_instance_uid=generate_uid(), first_received_at=moment)
+        series = Series(series_instance_uid=generate_uid(), study=study,
+                        state=SeriesState.COMPLETE, revision=1, instance_count=0,
+                        first_received_at=moment, last_received_at=moment)
+        session.add(series)
+        session.flush()
+        job = Job.for_series(series)
+        job.pipeline, job.priority, job.destinations = pipeline, priority, []
+        job.transition(JobState.ROUTED)
+        session.add(job)
+        session.flush()
+        return job.id

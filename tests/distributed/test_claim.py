@@ -25,15 +25,13 @@ from dicomnode.storage import Spool, StorageLayout
 from dicomnode.store import (
     Job,
     JobState,
-    Series,
-    SeriesState,
-    Study,
     create_schema,
     make_engine,
     utcnow as now,
 )
 from dicomnode.store.jobs import WorkerRecord
 from dicomnode.store.views import workers_json
+from tests.distributed.conftest import routed_job
 
 
 class StepRunner:
@@ -75,23 +73,6 @@ def stages(tmp_path: Path, database_url: str) -> Any:
     engine.dispose()
 
 
-def _routed_job(sessions: sessionmaker[Session]) -> int:
-    moment = now()
-    with sessions.begin() as session:
-        study = Study(study_instance_uid=f"1.2.3.{id(session)}", first_received_at=moment)
-        series = Series(series_instance_uid=f"1.2.4.{id(session)}", study=study,
-                        state=SeriesState.COMPLETE, revision=1, instance_count=0,
-                        first_received_at=moment, last_received_at=moment)
-        session.add(series)
-        session.flush()
-        job = Job.for_series(series)
-        job.pipeline, job.destinations = "vertebral-bodies-ct", []
-        job.transition(JobState.ROUTED)
-        session.add(job)
-        session.flush()
-        return job.id
-
-
 def _job(sessions: sessionmaker[Session], job_id: int) -> Job:
     with sessions() as session:
         job = session.get(Job, job_id)
@@ -102,7 +83,7 @@ def _job(sessions: sessionmaker[Session], job_id: int) -> Job:
 def test_a_repeated_delivery_is_dropped_while_the_lease_holds_and_once_done(stages: Any
                                                                            ) -> None:
     built, sessions, _ = stages
-    job_id = _routed_job(sessions)
+    job_id = routed_job(sessions)
     assert built.worker.claim(job_id, "w1", 30)
     assert not built.worker.claim(job_id, "w2", 30)  # w1 runs it
     job = _job(sessions, job_id)
@@ -115,7 +96,7 @@ def test_a_repeated_delivery_is_dropped_while_the_lease_holds_and_once_done(stag
 
 def test_a_lost_workers_job_is_queued_again_and_taken_over(stages: Any) -> None:
     built, sessions, _ = stages
-    job_id = _routed_job(sessions)
+    job_id = routed_job(sessions)
     assert built.worker.claim(job_id, "w1", 30)
     assert built.control.recover_lost() == 0  # the lease holds
     with sessions.begin() as session:  # w1 sent no heartbeat for longer than its lease
@@ -135,7 +116,7 @@ def test_a_lost_workers_job_is_queued_again_and_taken_over(stages: Any) -> None:
 
 def test_a_worker_whose_claim_was_taken_over_writes_nothing_more(stages: Any) -> None:
     built, sessions, runner = stages
-    job_id = _routed_job(sessions)
+    job_id = routed_job(sessions)
     assert built.worker.claim(job_id, "w1", 30)
     runner.hold = threading.Event()
     thread = threading.Thread(target=built.worker.run_job, args=(job_id,),
