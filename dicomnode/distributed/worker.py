@@ -121,14 +121,14 @@ class RemoteWorker:
             return "dropped"
         with self._lock:
             self._current = job_id
-        self.heartbeat()
+        self._beat_once()
         log_event(LOGGER, "job.claimed", job=job_id, worker=self.name)
         try:
             self.jobs.run_job(job_id, owner=self.name)
         finally:
             with self._lock:
                 self._current = None
-            self.heartbeat()
+            self._beat_once()
         return "ran"
 
     def heartbeat(self, state: str = "running") -> None:
@@ -148,12 +148,15 @@ class RemoteWorker:
                 started_at=self._started, heartbeat_at=now, job_id=current, state=state,
                 lease_seconds=self.lease))
 
+    def _beat_once(self) -> None:
+        try:
+            self.heartbeat()
+        except Exception:  # noqa: BLE001 - the database is away: the lease may run out
+            LOGGER.exception("worker heartbeat failed")
+
     def _beat(self) -> None:
         while not self._stop.wait(self.lease / 3):
-            try:
-                self.heartbeat()
-            except Exception:  # noqa: BLE001 - the database is away: the lease may run out
-                LOGGER.exception("worker heartbeat failed")
+            self._beat_once()
 
     def warm_up(self) -> None:
         """Imports, the device, and the pipelines the rules name, before the first job."""

@@ -114,7 +114,9 @@ def format_status(status: dict[str, Any]) -> str:
     parts.append(f"\nJobs ({len(status['jobs'])})")
     if status["jobs"]:
         parts.append(_table([[str(j["id"]), j["series_instance_uid"] or "", str(j["revision"]),
-                              j["pipeline"] or "-", j["state"], j["updated_at"] or "",
+                              j["pipeline"] or "-",
+                              j["state"] + (f" @{j['worker']}" if j.get("worker") else ""),
+                              j["updated_at"] or "",
                               " ".join([f"{d['destination']}:{d['state']}({d['attempts']})"
                                         for d in j["deliveries"]]
                                        + [f"webhook {w['webhook']}:{w['state']}({w['attempts']})"

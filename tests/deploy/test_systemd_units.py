@@ -352,3 +352,20 @@ def test_worker_unit_runs_a_gpu_worker_after_the_shared_storage() -> None:
     assert words(worker["Unit"], "RequiresMountsFor") == [f"{INSTALL}/var"]
     assert value(service, "KillMode") == "mixed"
     assert int(value(service, "TimeoutStopSec")) >= 600
+
+
+def test_worker_unit_refuses_unprivileged_without_the_nodes_database(sandbox: Sandbox) -> None:
+    """The worker's ExecStart as that user, jobs.backend: celery from the environment file's
+    variable, on a machine where serve never ran: it stops at once with the reason (exit 1),
+    not with a traceback, so systemd's log says what to fix."""
+    sandbox.own(sandbox.install / "var")
+    worker = unit("dicomnode-worker.service", sandbox.install)["Service"]
+    env = {**os.environ, **dict(w.split("=", 1) for w in words(worker, "Environment")),
+           "DICOMNODE_JOBS_BACKEND": "celery"}
+    refused = subprocess.run(sandbox.argv(worker, value(worker, "ExecStart")), env=env,
+                             cwd=value(worker, "WorkingDirectory"), capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "holds no job table of a node: start dicomnode serve" in refused.stderr, \
+        refused.stderr
+    assert "Traceback" not in refused.stderr
