@@ -22,11 +22,32 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from converters.deid import Options
+
 #: The default configuration shipped with the project (repository root).
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16
+
+
+def read_secret(env: str, file: Path | None) -> bytes | None:
+    """A key named by an environment variable or held in a file (None: neither is set);
+    raises ValueError when the one named is unset, unreadable or empty."""
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            raise ValueError(f"environment variable {env} is not set")
+        return value.encode()
+    if file is not None:
+        try:
+            key = file.read_bytes().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read {file}: {exc.strerror}") from None
+        if not key:
+            raise ValueError(f"{file} is empty")
+        return key
+    return None
 
 
 class _Section(BaseModel):
@@ -317,6 +338,13 @@ class RuleConfig(_Section):
     priority: int = 0
     #: Names under ``webhooks`` told when this rule's jobs are done, failed or dead.
     webhooks: list[str] = Field(default_factory=list)
+    #: Destinations the source series itself is sent to (de-identified where the destination
+    #: names a profile), through the dispatcher like results. A rule without pipelines only
+    #: forwards, and may forward series that never form a volume (secondary captures...).
+    forward: list[str] = Field(default_factory=list)
+    #: ``received``: as soon as the series is complete and routed, whatever becomes of its
+    #: job; ``done``: only once its job has results, together with them.
+    forward_when: Literal["received", "done"] = "received"
 
     @field_validator("pipelines")
     @classmethod
@@ -348,6 +376,9 @@ class DestinationConfig(_Section):
     url: str | None = None
     username: str | None = None
     password: str | None = None
+    #: A profile under ``deidentification.profiles`` (or the built-in ``basic``): everything
+    #: sent here, forwarded series and results alike, is de-identified with it.
+    deidentify: str | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> DestinationConfig:
@@ -361,6 +392,66 @@ class DestinationConfig(_Section):
         elif not self.url:
             raise ValueError("a dicomweb destination needs url")
         return self
+
+
+class DeidProfileConfig(_Section):
+    """A de-identification profile: DICOM PS3.15 Annex E, the Basic Application Level
+    Confidentiality Profile, with the options of Table E.1-1 the site selects."""
+
+    retain_longitudinal_modified_dates: bool = False
+    retain_patient_characteristics: bool = False
+    retain_device_identity: bool = False
+    retain_institution_identity: bool = False
+    clean_descriptors: bool = False
+    #: Modalities whose pixels carry burned-in annotation at this site (e.g. US): withheld
+    #: like BurnedInAnnotation YES and secondary captures.
+    burned_in_modalities: list[str] = Field(default_factory=list)
+    #: Forward objects whose pixels may show identifying text anyway (a site that checked).
+    send_burned_in: bool = False
+
+    def options(self) -> Options:
+        return Options(
+            retain_longitudinal_modified_dates=self.retain_longitudinal_modified_dates,
+            retain_patient_characteristics=self.retain_patient_characteristics,
+            retain_device_identity=self.retain_device_identity,
+            retain_institution_identity=self.retain_institution_identity,
+            clean_descriptors=self.clean_descriptors)
+
+
+#: The profile every site has without declaring it: Annex E without options.
+BASIC_PROFILE = "basic"
+
+
+class DeidentificationConfig(_Section):
+    """Keys and profiles of the de-identifying destinations (``destinations.<n>.deidentify``)."""
+
+    #: The site key of pseudonyms and UID remapping (HMAC), read at start from this
+    #: environment variable or file, never written in config.yaml. Changing it changes every
+    #: pseudonym.
+    key_env: str = ""
+    key_file: Path | None = None
+    #: Keep the map pseudonym → patient, study and series in the index for
+    #: ``dicomnode deid lookup`` (operators only). Off: nothing can be re-identified here.
+    store_mapping: bool = False
+    profiles: dict[str, DeidProfileConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> DeidentificationConfig:
+        if self.key_env and self.key_file is not None:
+            raise ValueError("key_env and key_file exclude each other")
+        return self
+
+    def profile(self, name: str) -> DeidProfileConfig | None:
+        if name in self.profiles:
+            return self.profiles[name]
+        return DeidProfileConfig() if name == BASIC_PROFILE else None
+
+    def key(self) -> bytes:
+        """The site key; raises ValueError when it is not configured or cannot be read."""
+        key = read_secret(self.key_env, self.key_file)
+        if key is None:
+            raise ValueError("deidentification.key_env or key_file must name the site key")
+        return key
 
 
 class ReturnAddress(_Section):
@@ -582,20 +673,7 @@ class WebhookConfig(_Section):
 
     def secret(self) -> bytes | None:
         """The signing key (None: unsigned); raises ValueError when it cannot be read."""
-        if self.secret_env:
-            value = os.environ.get(self.secret_env)
-            if not value:
-                raise ValueError(f"environment variable {self.secret_env} is not set")
-            return value.encode()
-        if self.secret_file is not None:
-            try:
-                key = self.secret_file.read_bytes().strip()
-            except OSError as exc:
-                raise ValueError(f"cannot read {self.secret_file}: {exc.strerror}") from None
-            if not key:
-                raise ValueError(f"{self.secret_file} is empty")
-            return key
-        return None
+        return read_secret(self.secret_env, self.secret_file)
 
 
 class Config(_Section):
@@ -614,14 +692,30 @@ class Config(_Section):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
+    deidentification: DeidentificationConfig = Field(default_factory=DeidentificationConfig)
 
     @model_validator(mode="after")
     def _destinations_exist(self) -> Config:
         for index, rule in enumerate(self.routing.rules):
-            for name in rule.destinations:
+            for name in [*rule.destinations, *rule.forward]:
                 if name not in self.destinations:
                     raise ValueError(f"routing.rules[{index}] ({rule.name}): destination "
                                      f"{name!r} is not defined under destinations")
+        return self
+
+    @model_validator(mode="after")
+    def _profiles_exist(self) -> Config:
+        deid = self.deidentification
+        for name, destination in self.destinations.items():
+            profile = destination.deidentify
+            if profile is None:
+                continue
+            if deid.profile(profile) is None:
+                raise ValueError(f"destinations.{name}.deidentify: profile {profile!r} is not "
+                                 "defined under deidentification.profiles")
+            if not deid.key_env and deid.key_file is None:
+                raise ValueError(f"destinations.{name}.deidentify needs the site key: set "
+                                 "deidentification.key_env or key_file")
         return self
 
     @model_validator(mode="after")
@@ -660,6 +754,8 @@ class Config(_Section):
         for hook in self.webhooks:
             if hook.secret_file is not None:
                 hook.secret_file = absolute(hook.secret_file)
+        if self.deidentification.key_file is not None:
+            self.deidentification.key_file = absolute(self.deidentification.key_file)
         web = self.web
         if web.users_file is not None:
             web.users_file = absolute(web.users_file)

@@ -27,6 +27,9 @@ FLOORS: list[tuple[str, ...]] = [
     # the local Orthanc + OHIF stack: configuration files and processes, no node state
     ("dicomnode.viewer",),
     ("dicomnode.store",),
+    # research routing: what a forward or a de-identifying delivery sends (router and
+    # dispatcher both use it)
+    ("dicomnode.forward",),
     # the stages at the edges and the model pipelines
     ("dicomnode.receiver", "dicomnode.assembler", "dicomnode.models", "dicomnode.dispatcher",
      "dicomnode.rules"),

@@ -5,6 +5,11 @@ with ``dispatch.return_to_sender``, one named ``sender:<AE>`` back to the AE tha
 (its address from ``dispatch.return_to``). Every delivery has its own attempts and back-off,
 kept in the database so they survive a restart; one that uses up ``dispatch.max_attempts``
 is dead, and so is its job, until a person retries it.
+
+A rule's ``forward`` adds deliveries named ``forward:<destination>`` of the source series
+(:mod:`dicomnode.forward`); ``forward_when: received`` ones are attempted whatever state the
+job is in. Destinations that name a ``deidentify`` profile get de-identified copies of
+everything, results included, with UIDs remapped by the same key so references still resolve.
 """
 
 from __future__ import annotations
@@ -13,13 +18,21 @@ import logging
 from datetime import datetime, timedelta
 
 import pydicom
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Config, DestinationConfig
 from dicomnode.dispatcher.send import DeliveryError, deliver
+from dicomnode.forward import (
+    FORWARD_PREFIX,
+    Prepared,
+    forwarded_destination,
+    prepare,
+    record_pseudonyms,
+    source_datasets,
+)
 from dicomnode.logs import log_event
-from dicomnode.storage import ResultsStore
+from dicomnode.storage import ResultsStore, StorageLayout
 from dicomnode.store import Delivery, DeliveryState, Job, JobState, utcnow
 
 LOGGER = logging.getLogger("dicomnode.jobs")
@@ -28,7 +41,7 @@ LOGGER = logging.getLogger("dicomnode.jobs")
 SENDER_PREFIX = "sender:"
 #: Reasons no retry can cure before the configuration changes (which needs a restart): the
 #: delivery is dead at once, for a person to see.
-PERMANENT = frozenset({"unknown-sender", "unknown-destination"})
+PERMANENT = frozenset({"unknown-sender", "unknown-destination", "deid-key"})
 
 
 def backoff(attempt: int, initial: float, maximum: float) -> float:
@@ -63,7 +76,7 @@ class Dispatcher:
                                      f"the series came from AE {ae_title!r}, which "
                                      "dispatch.return_to does not list: add its host and port")
             return destination
-        configured = self.config.destinations.get(name)
+        configured = self.config.destinations.get(forwarded_destination(name) or name)
         if configured is None:
             return DeliveryError("unknown-destination",
                                  f"destination {name!r} is no longer in config.yaml")
@@ -88,7 +101,8 @@ class Dispatcher:
         """For a person's retry: send again what was not delivered (True if anything)."""
         undelivered = [d for d in session.scalars(select(Delivery).where(
             Delivery.job_id == job.id)) if d.state != DeliveryState.DELIVERED]
-        if not undelivered or not self.results.exists(job.id):
+        forwards_only = all(forwarded_destination(d.destination) for d in undelivered)
+        if not undelivered or not (forwards_only or self.results.exists(job.id)):
             return False
         for delivery in undelivered:
             delivery.state, delivery.attempts = DeliveryState.PENDING, 0
@@ -106,7 +120,8 @@ class Dispatcher:
         requeued = []
         for delivery in dead:
             job = session.get(Job, delivery.job_id)
-            if job is None or not self.results.exists(job.id):
+            if job is None or not (forwarded_destination(destination)
+                                   or self.results.exists(job.id)):
                 continue  # nothing left to send (its results were purged)
             delivery.state, delivery.attempts = DeliveryState.PENDING, 0
             delivery.next_attempt_at = utcnow()
@@ -127,22 +142,44 @@ class Dispatcher:
                 select(Delivery.id, Delivery.job_id, Delivery.destination)
                 .join(Job, Job.id == Delivery.job_id)
                 .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now,
-                       Job.state == JobState.DISPATCHING)
+                       or_(Job.state == JobState.DISPATCHING,
+                           # forwarded as received: whatever becomes of the job
+                           Delivery.destination.startswith(FORWARD_PREFIX)
+                           & Job.state.notin_([JobState.CANCELLED, JobState.SUPERSEDED])))
                 .order_by(Delivery.next_attempt_at)).all()
         for delivery_id, job_id, destination in due:
             self.attempt(delivery_id, job_id, destination)
         return len(due)
+
+    def prepared(self, job_id: int, name: str, target: DestinationConfig) -> Prepared:
+        """What delivery ``name`` of the job sends to ``target`` (the source series for a
+        forward, else the results), de-identified when ``target`` names a profile."""
+        forward = forwarded_destination(name) is not None
+        if forward:
+            with self.sessions() as session:
+                job = session.get(Job, job_id)
+                assert job is not None
+                datasets = source_datasets(session, StorageLayout.of(self.config.storage).spool,
+                                           job.series_id)
+        else:
+            datasets = self.result_datasets(job_id)
+        try:
+            return prepare(datasets, target, self.config.deidentification, source=forward)
+        except ValueError as exc:  # the site key: no retry helps until it is configured
+            raise DeliveryError("deid-key", f"cannot de-identify: {exc}") from None
 
     def attempt(self, delivery_id: int, job_id: int, name: str) -> None:
         settings = self.config.dispatch
         target = self.resolve(name)
         error: DeliveryError | None = target if isinstance(target, DeliveryError) else None
         stored: list[str] = []
+        prepared: Prepared | None = None
         if isinstance(target, DestinationConfig):
             try:
-                report = deliver(name, target, self.result_datasets(job_id),
-                                 calling_ae_title=self.config.node.ae_title)
-                stored = report.stored
+                prepared = self.prepared(job_id, name, target)
+                if prepared.datasets:
+                    stored = deliver(name, target, prepared.datasets,
+                                     calling_ae_title=self.config.node.ae_title).stored
             except DeliveryError as exc:
                 error = exc
             except (OSError, ValueError) as exc:
@@ -151,9 +188,14 @@ class Dispatcher:
             delivery = session.get(Delivery, delivery_id)
             assert delivery is not None
             delivery.attempts += 1
+            if prepared is not None:
+                delivery.profile, delivery.withheld = prepared.profile, prepared.withheld
             if error is None:
                 delivery.state, delivery.delivered_at = DeliveryState.DELIVERED, utcnow()
                 delivery.stored, delivery.error_kind, delivery.error_message = stored, None, None
+                if prepared is not None and prepared.profile is not None \
+                        and self.config.deidentification.store_mapping:
+                    record_pseudonyms(session, prepared)
             elif delivery.attempts >= settings.max_attempts or error.reason in PERMANENT:
                 delivery.state = DeliveryState.DEAD
                 delivery.error_kind, delivery.error_message = error.reason, str(error)
@@ -163,7 +205,13 @@ class Dispatcher:
                 delivery.error_kind, delivery.error_message = error.reason, str(error)
             self._settle(session, job_id)
         if error is None:
-            log_event(LOGGER, "delivery.done", job=job_id, destination=name, objects=len(stored))
+            withheld = prepared.withheld if prepared is not None else []
+            log_event(LOGGER, "delivery.done", job=job_id, destination=name, objects=len(stored),
+                      profile=prepared.profile if prepared is not None else None,
+                      withheld=len(withheld))
+            for item in withheld:
+                log_event(LOGGER, "delivery.withheld", job=job_id, destination=name,
+                          sop=item["sop"], reason=item["reason"])
         else:
             log_event(LOGGER, "delivery.failed", job=job_id, destination=name,
                       kind=error.reason, reason=str(error))

@@ -1,5 +1,5 @@
 """The route stage: a complete series' job gets its pipeline(s) and destinations, or a reason
-why it is not segmented.
+why it is not segmented; and the deliveries of the source series that its rules forward.
 
 Decides with the same functions ``dicomnode rules test`` and ``dicomnode process`` use: the
 series kind from :func:`dicomnode.grouping.series_kind`, the facts from one header plus the
@@ -15,13 +15,24 @@ import pydicom
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.config import RoutingConfig
+from dicomnode.config import RoutingConfig, RuleConfig
+from dicomnode.forward import forward_delivery
 from dicomnode.grouping import SeriesKind, series_kind
 from dicomnode.logs import log_event
-from dicomnode.rules.engine import route
+from dicomnode.rules.engine import RoutingDecision, route
 from dicomnode.rules.facts import SeriesFacts
 from dicomnode.storage import Spool
-from dicomnode.store import Association, Instance, Job, JobError, JobState, Series
+from dicomnode.store import (
+    Association,
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    JobError,
+    JobState,
+    Series,
+    utcnow,
+)
 
 LOGGER = logging.getLogger("dicomnode.jobs")
 
@@ -90,6 +101,8 @@ class Router:
             classes = set(session.scalars(select(Instance.sop_class_uid)
                                           .where(Instance.series_id == job.series_id)))
             kind = series_kind(series.is_image, classes | {series.sop_class_uid})
+            if kind is not SeriesKind.VOLUME and self._forward_only(session, job):
+                return []  # nothing to run: the dispatcher takes it from here
             if kind is SeriesKind.NOT_AN_IMAGE:
                 job.transition(JobState.IGNORED, error_kind=kind.value,
                                error_message="non-image objects (SR, PR, KO…) are kept, not "
@@ -107,7 +120,10 @@ class Router:
                 kind_word = exc.kind if isinstance(exc, JobError) else "unreadable"
                 job.transition(JobState.FAILED, error_kind=kind_word, error_message=str(exc))
                 return []
-            pairs = route(self.routing, facts).pipelines
+            decision = route(self.routing, facts)
+            pairs = decision.pipelines
+            if not pairs and self._forward(session, job, decision, sender, pipelines=False):
+                return []
             if not pairs:
                 job.transition(JobState.IGNORED, error_kind="no-rule-matches",
                                error_message=f"{facts.modality} {facts.orientation} series with "
@@ -125,8 +141,50 @@ class Router:
                 target.destinations = list(rule.destinations)
                 target.sender = sender or None
                 target.transition(JobState.ROUTED)
+            self._forward(session, job, decision, sender, pipelines=True)
             session.flush()
             routed = [j.id for j in jobs]
         for routed_id, (pipeline, rule) in zip(routed, pairs, strict=True):
             log_event(LOGGER, "job.routed", job=routed_id, pipeline=pipeline, rule=rule.name)
         return routed
+
+    def _forward_only(self, session: Session, job: Job) -> bool:
+        """A series that never becomes a volume is still forwarded when a rule says so."""
+        if not any(rule.forward for rule in self.routing.rules):
+            return False
+        try:
+            facts, sender = self.facts(session, job)
+        except (JobError, OSError, pydicom.errors.InvalidDicomError):
+            return False  # then it is ignored or failed as any such series
+        return self._forward(session, job, route(self.routing, facts), sender, pipelines=False)
+
+    def _forward(self, session: Session, job: Job, decision: RoutingDecision, sender: str, *,
+                 pipelines: bool) -> bool:
+        """Add the forwards of the selected rules to the series' (first) job; True if any.
+
+        Without pipelines the job only forwards: it goes straight to dispatching. With
+        pipelines, ``forward_when: done`` forwards join the results' deliveries (queued when
+        the results are), ``received`` ones are due now."""
+        rules: list[RuleConfig] = [o.rule for o in decision.selected if o.rule.forward]
+        if not rules:
+            return False
+        now, queued = utcnow(), set()
+        for rule in rules:
+            for name in (forward_delivery(d) for d in rule.forward):
+                if name in queued:  # two rules forwarding to one destination: sent once
+                    continue
+                queued.add(name)
+                if pipelines and rule.forward_when == "done":
+                    if name not in (job.destinations or []):
+                        job.destinations = [*(job.destinations or []), name]
+                    continue
+                session.add(Delivery(job_id=job.id, destination=name, attempts=0,
+                                     state=DeliveryState.PENDING, next_attempt_at=now))
+        if not pipelines:
+            job.rule, job.priority = rules[0].name, rules[0].priority
+            job.sender = sender or None
+            job.destinations = []
+            job.transition(JobState.DISPATCHING)
+            log_event(LOGGER, "job.forwarding", job=job.id, rule=rules[0].name,
+                      destinations=[d for r in rules for d in r.forward])
+        return True

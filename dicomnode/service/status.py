@@ -10,7 +10,9 @@ The JSON shape (``dicomnode status --json``)::
                 "rule", "priority", "sender", "attempts", "error_kind", "error_message",
                 "created_at", "updated_at", "stage_times", "stage_seconds",
                 "deliveries": [{"destination", "state", "attempts", "next_attempt_at",
-                                "delivered_at", "objects", "error_kind", "error_message"}],
+                                "delivered_at", "objects", "error_kind", "error_message",
+                                "profile" (de-identification applied, or null),
+                                "withheld": [{"sop", "reason"}]}],
                 "webhooks": [{"webhook", "event", "event_id", "state", "attempts",
                               "created_at", "next_attempt_at", "delivered_at", "error_kind",
                               "error_message", "history": [{"at", "status", "error",
@@ -118,6 +120,7 @@ def format_status(status: dict[str, Any]) -> str:
                               j["state"] + (f" @{j['worker']}" if j.get("worker") else ""),
                               j["updated_at"] or "",
                               " ".join([f"{d['destination']}:{d['state']}({d['attempts']})"
+                                        + (f"[{d['profile']}]" if d.get("profile") else "")
                                         for d in j["deliveries"]]
                                        + [f"webhook {w['webhook']}:{w['state']}({w['attempts']})"
                                           for w in j["webhooks"]]),
@@ -125,6 +128,12 @@ def format_status(status: dict[str, Any]) -> str:
                               else ""] for j in status["jobs"]],
                             ["ID", "SERIES INSTANCE UID", "REV", "PIPELINE", "STATE", "UPDATED",
                              "DELIVERIES", "ERROR"]))
+    withheld = [(j["id"], d, w) for j in status["jobs"] for d in j["deliveries"]
+                for w in d.get("withheld") or []]
+    if withheld:
+        parts.append(f"\nWithheld from de-identifying destinations ({len(withheld)})")
+        parts += [f"  job {job} {d['destination']} (profile {d['profile']}): {w['sop']}: "
+                  f"{w['reason']}" for job, d, w in withheld]
     if status["destinations"]:
         parts.append("\nDestinations")
         for d in status["destinations"]:

@@ -162,7 +162,8 @@ class Delivery(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
-    #: A name under ``destinations``, or ``sender:<AE>`` for a return to the sender.
+    #: A name under ``destinations``, ``sender:<AE>`` for a return to the sender, or
+    #: ``forward:<name>`` for the source series forwarded by its rule.
     destination: Mapped[str] = mapped_column(String(64))
     state: Mapped[DeliveryState] = mapped_column(state_column(DeliveryState, 16),
                                                  default=DeliveryState.PENDING, index=True)
@@ -173,6 +174,11 @@ class Delivery(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     #: SOP Instance UIDs the destination acknowledged on the last successful attempt.
     stored: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: The de-identification profile applied on the way (NULL: sent as held).
+    profile: Mapped[str | None] = mapped_column(String(64))
+    #: Objects not sent, each ``{"sop": uid, "reason": why}`` (burned-in annotation at a
+    #: de-identifying destination); NULL or empty: nothing withheld.
+    withheld: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
 
 
 class DestinationHealth(Base):

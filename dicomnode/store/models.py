@@ -23,6 +23,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -249,3 +250,21 @@ class WebhookEvent(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     #: Every attempt: ``{"at", "status" (HTTP status or null), "error", "seconds"}``.
     history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class Pseudonym(Base):
+    """What a de-identifying destination got instead of an identity, kept only with
+    ``deidentification.store_mapping`` so that an operator can re-identify
+    (``dicomnode deid lookup``). One row per (kind, pseudonym)."""
+
+    __tablename__ = "pseudonyms"
+    __table_args__ = (UniqueConstraint("kind", "pseudonym"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: ``patient`` (Patient ID), ``study`` or ``series`` (instance UIDs).
+    kind: Mapped[str] = mapped_column(String(16))
+    pseudonym: Mapped[str] = mapped_column(String(64), index=True)
+    original: Mapped[str] = mapped_column(String(64))
+    #: The profile (and so the destinations) that used it; the first one seen.
+    profile: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -41,6 +41,7 @@ def delivery_json(delivery: Delivery) -> dict[str, Any]:
         "attempts": delivery.attempts, "next_attempt_at": iso(delivery.next_attempt_at),
         "delivered_at": iso(delivery.delivered_at), "objects": len(delivery.stored or []),
         "error_kind": delivery.error_kind, "error_message": delivery.error_message,
+        "profile": delivery.profile, "withheld": list(delivery.withheld or []),
     }
 
 
