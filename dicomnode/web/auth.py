@@ -251,8 +251,12 @@ class Authenticator:
                 raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header (the value of "
                                          f"the {CSRF_COOKIE} cookie)")
             return Principal(user.name, user.role, "session")
+        # No Basic challenge to a page's script (fetch sends Sec-Fetch-Mode cors/same-origin):
+        # the browser would open its own password dialog instead of the page's login.
+        scripted = request.headers.get("sec-fetch-mode", "navigate") != "navigate"
         raise HTTPException(401, "authentication required (HTTP Basic or POST /api/v1/login)",
-                            headers={"WWW-Authenticate": 'Basic realm="dicomnode"'})
+                            headers=None if scripted else {
+                                "WWW-Authenticate": 'Basic realm="dicomnode"'})
 
     def _loopback_host(self, request: Request) -> None:
         name = urlsplit(f"//{request.headers.get('host', '')}").hostname or ""

@@ -85,6 +85,9 @@ class WebServer:
         family = socket.AF_INET6 if ":" in web.host else socket.AF_INET
         try:
             self._socket = socket.create_server((web.host, web.port), family=family)
+            # Accepted connections inherit it: without it every response after the first on a
+            # kept-alive connection (a page polling the API) waits ~40 ms for a delayed ACK.
+            self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             raise WebError(f"the console cannot listen on {web.host}:{web.port} "
                            f"(web.host, web.port): {exc.strerror}") from None

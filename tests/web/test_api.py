@@ -405,3 +405,27 @@ def test_non_ascii_session_or_csrf_values_are_refused_not_errors(console: Consol
         answer = client.post("/api/v1/destinations/self/echo",
                              headers={"X-CSRF-Token": "caf\xe9".encode("latin-1")})
     assert answer.status_code == 403, answer.text
+
+
+def test_a_scripts_unauthenticated_request_gets_no_basic_challenge(console: Console) -> None:
+    """A page's fetch after its session ended: 401 without WWW-Authenticate, so the browser
+    shows the console's login rather than its own password dialog; curl still gets one."""
+    with console.client() as client:
+        scripted = client.get("/api/v1/jobs", headers={"Sec-Fetch-Mode": "cors"})
+        plain = client.get("/api/v1/jobs")
+    assert scripted.status_code == plain.status_code == 401
+    assert "www-authenticate" not in scripted.headers
+    assert plain.headers["www-authenticate"].startswith("Basic")
+
+
+def test_kept_alive_requests_do_not_wait_for_delayed_acks(console: Console) -> None:
+    """TCP_NODELAY on the console's socket: the second and later responses on one connection
+    come back in milliseconds, not after a ~40 ms delayed ACK."""
+    with console.client("victor") as client:
+        client.get("/api/v1/me")
+        timings = []
+        for _ in range(10):
+            started = time.perf_counter()
+            assert client.get("/api/v1/me").status_code == 200
+            timings.append(time.perf_counter() - started)
+    assert sorted(timings)[len(timings) // 2] < 0.035, timings
