@@ -147,7 +147,8 @@ PATIENT_CHARACTERISTICS: dict[str, Action] = {
 #: Retain Device Identity.
 DEVICE_IDENTITY: dict[str, Action] = {
     "DetectorID": Action.REMOVE,
-    "DeviceSerialNumber": Action.REMOVE,
+    # X/Z/D in Table E.1-1: a dummy, as Enhanced General Equipment requires a value
+    "DeviceSerialNumber": Action.DUMMY,
     "GantryID": Action.REMOVE,
     "PerformedStationAETitle": Action.REMOVE,
     "PerformedStationName": Action.REMOVE,

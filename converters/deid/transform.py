@@ -121,7 +121,7 @@ class Deidentifier:
         if getattr(ds, "file_meta", None) is None:
             ds.file_meta = FileMetaDataset()  # dicognito walks it
         ds.remove_private_tags()
-        for tag in [t for t in ds.keys() if 0x5000 <= t.group <= 0x60FF and t.group % 2 == 0]:
+        for tag in [t for t in ds.keys() if t.group >> 8 in (0x50, 0x60) and t.group % 2 == 0]:
             del ds[tag]  # curves (50xx) and overlays (60xx): Annex E removes them
 
         # dicognito's own seed only decides the look of values no handler here takes; it is

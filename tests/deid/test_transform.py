@@ -28,6 +28,7 @@ def identified(patient_id: str = "MRN-4711", study_date: str = "20260101") -> Da
     ds.StudyDate, ds.StudyInstanceUID = study_date, generate_uid()
     ds.add_new(0x00091010, "LO", "private Doe^Jane")
     ds.add_new(0x60003000, "OW", b"\0\0")
+    ds.SharedFunctionalGroupsSequence = Sequence([Dataset()])  # (5200,9229): not a curve
     ref = Dataset()
     ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
     ds.SourceImageSequence = Sequence([ref])
@@ -44,6 +45,7 @@ def test_basic_profile_leaves_no_identity() -> None:
     assert out.LongitudinalTemporalInformationModified == "REMOVED"
     assert out.StudyDate == "" and "SeriesDescription" not in out and "PatientAge" not in out
     assert 0x00091010 not in out and 0x60003000 not in out
+    assert "SharedFunctionalGroupsSequence" in out
     assert ds.PatientName == "Doe^Jane"  # the source is left alone
     assert out.SOPClassUID == ds.SOPClassUID
     assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID != ds.SOPInstanceUID
