@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "dicomnode.distributed.cli",  # worker (jobs.backend: celery)
     "dicomnode.viewer.cli",    # viewer install|configure|start|stop|status
     "dicomnode.web.cli",       # users add|list
+    "dicomnode.forward.cli",   # deid lookup
 )
 
 Handler = Callable[[argparse.Namespace], int]
