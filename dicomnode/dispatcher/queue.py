@@ -163,10 +163,12 @@ class Dispatcher:
                                            job.series_id)
         else:
             datasets = self.result_datasets(job_id)
-        try:
-            return prepare(datasets, target, self.config.deidentification, source=forward)
-        except ValueError as exc:  # the site key: no retry helps until it is configured
-            raise DeliveryError("deid-key", f"cannot de-identify: {exc}") from None
+        if target.deidentify is not None:
+            try:
+                self.config.deidentification.key()
+            except ValueError as exc:  # no retry helps until the key is configured
+                raise DeliveryError("deid-key", f"cannot de-identify: {exc}") from None
+        return prepare(datasets, target, self.config.deidentification, source=forward)
 
     def attempt(self, delivery_id: int, job_id: int, name: str) -> None:
         settings = self.config.dispatch
