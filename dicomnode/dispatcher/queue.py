@@ -21,7 +21,7 @@ import pydicom
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.config import Config, DestinationConfig
+from dicomnode.config import Config, ConfigError, ConfigProblem, DestinationConfig
 from dicomnode.dispatcher.send import DeliveryError, deliver
 from dicomnode.forward import (
     FORWARD_PREFIX,
@@ -58,6 +58,19 @@ class Dispatcher:
         self.config = config
         self.sessions = sessions
         self.results = results
+
+    def prepare(self) -> None:
+        """Read the site key when a destination de-identifies; a :class:`ConfigError` names
+        its key. ``serve`` calls it at start, so a missing key stops it at once rather than
+        killing every de-identified delivery."""
+        deid = self.config.deidentification
+        if not any(d.deidentify for d in self.config.destinations.values()):
+            return
+        try:
+            deid.key()
+        except ValueError as exc:
+            key = "deidentification." + ("key_env" if deid.key_env else "key_file")
+            raise ConfigError(None, [ConfigProblem(key, str(exc))]) from None
 
     def targets(self, job: Job) -> list[str]:
         """Delivery names of a job: its rule's destinations, then the sender if asked for."""

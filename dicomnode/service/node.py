@@ -49,6 +49,7 @@ class Node:
         sessions = sessionmaker(self.write_engine, expire_on_commit=False)
         self.stages = Stages.build(config, sessions, self.spool, self.runner)
         self.stages.webhooks.prepare()  # an unreadable signing key stops serve here, at once
+        self.stages.dispatcher.prepare()  # so does an unreadable de-identification key
         # jobs.backend: celery — serve routes and dispatches; `dicomnode worker`s run the jobs.
         self.remote_workers = config.jobs.backend == "celery"
         publisher = Publisher(config, sessions) if self.remote_workers else None

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from dicomnode.config import parse_config
+from dicomnode.config import ConfigError, parse_config
 from dicomnode.dispatcher import Dispatcher
 from dicomnode.rules.router import Router
 from dicomnode.storage import ResultsStore, Spool, StorageLayout
@@ -72,6 +72,8 @@ def test_a_forward_only_rule_never_sends_without_the_key(
     monkeypatch.delenv("DICOMNODE_UNSET_TEST_KEY", raising=False)
     sessions, engine, router, dispatcher, job_id = _node(
         tmp_path, {"name": "fwd", "match": {"modality": ["CT"]}, "forward": ["research"]})
+    with pytest.raises(ConfigError, match="deidentification.key_env: environment variable"):
+        dispatcher.prepare()  # serve stops at start; a node running on anyway sends nothing
     assert router.route_pending() == []  # nothing for a worker to run
     with sessions() as session:
         job = session.get(Job, job_id)
