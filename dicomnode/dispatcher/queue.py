@@ -26,6 +26,7 @@ from dicomnode.dispatcher.send import DeliveryError, deliver
 from dicomnode.forward import (
     FORWARD_PREFIX,
     Prepared,
+    forward_delivery,
     forwarded_destination,
     prepare,
     record_pseudonyms,
@@ -128,17 +129,19 @@ class Dispatcher:
         up (its dead letters) whose results are still held; their jobs go back to
         dispatching. Returns those jobs' ids."""
         dead = session.scalars(select(Delivery).where(
-            Delivery.destination == destination, Delivery.state == DeliveryState.DEAD)
-            .order_by(Delivery.job_id)).all()
+            Delivery.destination.in_([destination, forward_delivery(destination)]),
+            Delivery.state == DeliveryState.DEAD).order_by(Delivery.job_id)).all()
         requeued = []
         for delivery in dead:
             job = session.get(Job, delivery.job_id)
-            if job is None or not (forwarded_destination(destination)
-                                   or self.results.exists(job.id)):
+            forward = forwarded_destination(delivery.destination) is not None
+            if job is None or not (forward or self.results.exists(job.id)):
                 continue  # nothing left to send (its results were purged)
             delivery.state, delivery.attempts = DeliveryState.PENDING, 0
             delivery.next_attempt_at = utcnow()
-            if job.state != JobState.DISPATCHING:
+            # a forward sent as received goes again whatever its job does meanwhile; only a
+            # job it (or a result delivery) killed goes back to dispatching
+            if job.state != JobState.DISPATCHING and (not forward or job.state == JobState.DEAD):
                 job.transition(JobState.DISPATCHING)
             requeued.append(job.id)
         return requeued

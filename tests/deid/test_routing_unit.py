@@ -85,6 +85,13 @@ def test_a_forward_only_rule_never_sends_without_the_key(
             "forward:research", "dead", "deid-key")
         assert "DICOMNODE_UNSET_TEST_KEY" in (delivery.error_message or "")
         assert session.get(Job, job_id).state == JobState.DEAD  # type: ignore[union-attr]
+    # the key is back: the forward is among the destination's dead letters, sent again
+    monkeypatch.setenv("DICOMNODE_UNSET_TEST_KEY", "now-set")
+    with sessions.begin() as session:
+        assert dispatcher.requeue_dead(session, "research") == [job_id]
+    with sessions() as session:
+        assert session.get(Job, job_id).state == JobState.DISPATCHING  # type: ignore[union-attr]
+        assert session.scalars(select(Delivery.state)).all() == ["pending"]
     engine.dispose()
 
 
