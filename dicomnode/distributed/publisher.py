@@ -1,16 +1,19 @@
-"""serve's side of ``jobs.backend: celery``: hand each routed job's id to the broker, once.
+"""serve's side of ``jobs.backend: celery``: hand each routed job's id to the broker.
 
-A job is marked published only after the broker confirmed the message; a crash between the
-two publishes it again at the next start, and the workers' claim drops the repeat. When the
-broker is down, routed jobs simply wait unpublished and go out once it is back.
+A job is marked published just before its message goes out (so a worker that claims it at once
+finds the mark already there) and unmarked when the broker refuses or is down; the broker
+confirms each message before ``send_task`` returns. A crash between mark and send would leave
+a job marked but never sent, so at each start every job still waiting is published again
+(:meth:`Publisher.republish_waiting`): a repeated id is dropped by the workers' claim. When the
+broker is down, routed jobs wait unpublished and go out once it is back.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Config
@@ -50,11 +53,23 @@ class Publisher:
                 .order_by(Job.priority.desc(), Job.id).limit(BATCH)).all()
         sent = 0
         for job_id, pipeline, priority in pending:
+            stamp = utcnow()
+            with self.sessions.begin() as session:
+                marked = cast(CursorResult[Any], session.execute(
+                    update(Job).where(Job.id == job_id, Job.state == JobState.ROUTED,
+                                      Job.published_at.is_(None))
+                    .values(published_at=stamp))).rowcount
+            if not marked:  # cancelled or superseded meanwhile
+                continue
             try:
                 self.app.send_task(RUN_JOB, args=[job_id], queue=queue_for(self.config, pipeline),
                                    priority=broker_priority(priority), task_id=f"job-{job_id}",
                                    retry=True, retry_policy={"max_retries": 1})
             except Exception as exc:  # noqa: BLE001 - the broker is down or refuses: try later
+                with self.sessions.begin() as session:
+                    session.execute(update(Job).where(Job.id == job_id,
+                                                      Job.published_at == stamp)
+                                    .values(published_at=None))
                 if not self._broker_down:
                     log_event(LOGGER, "broker.unavailable", logging.WARNING, error=str(exc),
                               waiting=len(pending) - sent)
@@ -63,14 +78,18 @@ class Publisher:
             if self._broker_down:
                 log_event(LOGGER, "broker.available")
                 self._broker_down = False
-            with self.sessions.begin() as session:
-                session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.ROUTED,
-                                                  Job.published_at.is_(None))
-                                .values(published_at=utcnow()))
             log_event(LOGGER, "job.published", job=job_id, pipeline=pipeline,
                       queue=queue_for(self.config, pipeline))
             sent += 1
         return sent
+
+    def republish_waiting(self) -> int:
+        """At start: every job still waiting for a worker goes to the broker again (its first
+        message may never have left). Returns how many."""
+        with self.sessions.begin() as session:
+            return cast(CursorResult[Any], session.execute(
+                update(Job).where(Job.state == JobState.ROUTED, Job.published_at.is_not(None))
+                .values(published_at=None))).rowcount
 
     def close(self) -> None:
         if self._app is not None:

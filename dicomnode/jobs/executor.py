@@ -63,6 +63,8 @@ class JobPublisher(Protocol):
 
     def publish(self) -> int: ...
 
+    def republish_waiting(self) -> int: ...
+
     def close(self) -> None: ...
 
 
@@ -82,9 +84,13 @@ class Executor:
     def start(self) -> None:
         # Remote workers may be running jobs right now: only their lost ones are queued again.
         control = self.stages.control
-        requeued = control.recover() if self.publisher is None else control.recover_lost()
-        log_event(LOGGER, "executor.starting", workers=self.workers, requeued=requeued,
-                  backend=self.config.jobs.backend)
+        if self.publisher is None:
+            log_event(LOGGER, "executor.starting", workers=self.workers,
+                      requeued=control.recover())
+        else:
+            log_event(LOGGER, "executor.starting", workers=0, backend=self.config.jobs.backend,
+                      requeued=control.recover_lost(),
+                      republished=self.publisher.republish_waiting())
         self._threads = [threading.Thread(target=self._coordinate, name="jobs-coordinator",
                                           daemon=True)]
         self._threads += [threading.Thread(target=self._work, name=f"jobs-worker-{i}", daemon=True)

@@ -73,6 +73,13 @@ def test_routed_jobs_go_once_to_their_queue_highest_priority_first(
         assert all(j.published_at is not None for j in session.query(Job))
     assert _take(rabbitmq, GPU_QUEUE) == [(huge, 9), (high, 5), (low, 0)]
     assert _take(rabbitmq, CPU_QUEUE) == [(small, 1)]
+    # serve restarted: what still waits goes out again (the claim drops the repeat)
+    publisher = Publisher(config, jobs)
+    try:
+        assert publisher.republish_waiting() == 4 and publisher.publish() == 4
+    finally:
+        publisher.close()
+    assert [job for job, _ in _take(rabbitmq, GPU_QUEUE)] == [huge, high, low]
 
 
 def test_a_broker_that_is_down_leaves_jobs_to_publish_later(jobs: Any, tmp_path: Path) -> None:
