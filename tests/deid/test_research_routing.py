@@ -209,8 +209,12 @@ def test_research_archive_gets_linked_pseudonymous_images_and_results(
         original_ct = pydicom.dcmread(next((tmp_path / "ct").iterdir()))
         research_ct = next(ds for ds in in_research if ds.SOPClassUID == CT)
         clinical_sr = next(ds for ds in in_clinical if ds.SOPClassUID == SR)
-        for original, deidentified in ((original_ct, research_ct), (clinical_seg, seg),
-                                       (clinical_sr, sr)):
+        # (and the Basic Profile without options, whose dates are emptied or dummies)
+        basic = Deidentifier(KEY.encode(), Options())
+        pairs = [(original_ct, research_ct), (clinical_seg, seg), (clinical_sr, sr),
+                 *((ds, basic.apply(ds).dataset) for ds in (original_ct, clinical_seg,
+                                                            clinical_sr))]
+        for original, deidentified in pairs:
             new = _dciodvfy(deidentified, checks) - _dciodvfy(original, checks)
             assert not new, (deidentified.SOPClassUID, new)
     finally:
