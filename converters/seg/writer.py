@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from ..instance import frame_count, frame_numbers, is_multiframe
 from ..results.identity import (
@@ -21,9 +22,13 @@ from ..results.identity import (
 )
 from ..results.metadata import EncodeOptions, PipelineMetadata
 from ..vocabulary import LabelMapping, Structure, declare_scheme
+from . import fast
 from .framing import finish, holding_frames, misaligned_frames, plan_frames, poked
 
 logger = logging.getLogger(__name__)
+
+#: fast.py builds what highdicom would, where it applies (tests compare the two paths)
+FAST_PATH = True
 
 _LABELMAP_SYNTAX = {"RLE": RLELossless, "JPEGLS": JPEGLSLossless, "NONE": ExplicitVRLittleEndian}
 
@@ -183,16 +188,31 @@ def build_segmentation(
     labelmap = np.asarray(labelmap)
     source_images = referenceable(source_images)
     check_source_images(source_images, labelmap)
+    seg_type = options.segmentation_type
+    syntax = ExplicitVRLittleEndian if seg_type == "BINARY" else _LABELMAP_SYNTAX[
+        options.labelmap_compression]
+    binary = seg_type == "BINARY"
+    if FAST_PATH and fast.applies(source_images, labelmap.shape, binary, syntax,
+                                  len(mapping.labels)):
+        # the labels fill a small box of the frames: relabel and scan that box only
+        box = fast.crop_box(labelmap, labelmap.shape[2])
+        if box is None:
+            return None
+        crop = labelmap[:, box[0]:box[1], box[2]:box[3]]
+        structures = mapping.structures_present(crop)
+        if not structures:
+            return None
+        built = fast.segmentation(
+            source_images, mapping.to_segment_numbers(crop, structures), box,
+            labelmap.shape, len(structures), binary, options.omit_empty_frames,
+            _highdicom_arguments(source_images, structures, mapping, pipeline, options,
+                                 layer_index, syntax))
+        if built is not None:
+            return _finished(built, binary), structures
     structures = mapping.structures_present(labelmap)
     if not structures:
         return None
     pixels = mapping.to_segment_numbers(labelmap, structures)
-    source = source_images[0]
-    seg_type = options.segmentation_type
-    syntax = ExplicitVRLittleEndian if seg_type == "BINARY" else _LABELMAP_SYNTAX[
-        options.labelmap_compression]
-    kind = f"SEG {mapping.name}" + (" labelmap" if seg_type == "LABELMAP" else "")
-    binary = seg_type == "BINARY"
     # frames chosen and ordered so that native Pixel Data needs no pad byte and every BINARY
     # frame holding pixels starts on a byte (OHIF 3.13.2): framing.py
     plan = plan_frames(pixels, len(structures), binary, options.omit_empty_frames,
@@ -200,21 +220,9 @@ def build_segmentation(
     seg = hd.seg.Segmentation(
         source_images=_highdicom_view(source_images),
         pixel_array=poked(pixels, plan),
-        segmentation_type=seg_type,
-        segment_descriptions=segment_descriptions(structures, source, pipeline, mapping.name),
-        series_instance_uid=derived_uid(source, pipeline, "seg", mapping.name, seg_type),
-        series_number=series_number(source, SEG_SERIES_OFFSET + layer_index),
-        sop_instance_uid=instance_uid(source_images, pipeline, "seg", mapping.name, seg_type),
-        instance_number=1,
-        manufacturer=pipeline.manufacturer,
-        manufacturer_model_name=pipeline.model_name,
-        software_versions=pipeline.software_version,
-        device_serial_number=pipeline.device_serial_number,
-        content_description=f"{pipeline.pipeline} {pipeline.algorithm_version}"[:64],
-        content_label="SPINE",
-        series_description=series_description(pipeline, kind),
-        transfer_syntax_uid=syntax,
         omit_empty_frames=plan.omit_empty_frames,
+        **_highdicom_arguments(source_images, structures, mapping, pipeline, options,
+                               layer_index, syntax),
     )
     if finish(seg, plan, [(str(ds.SOPInstanceUID), number or 1)
                           for ds in source_images for number in frame_numbers(ds)]):
@@ -234,10 +242,40 @@ def build_segmentation(
                        "OHIF 3.13.2 (cornerstone's dicom-image-loader) draws empty",
                        seg.SOPInstanceUID, seg.Rows * seg.Columns,
                        len(holding_frames(seg)), len(missing))
+    return _finished(seg, binary), structures
+
+
+def _finished(seg: hd.seg.Segmentation, binary: bool) -> hd.seg.Segmentation:
     if not binary:
         _background_last(seg)
     declare_scheme(seg)
-    return seg, structures
+    return seg
+
+
+def _highdicom_arguments(source_images: Sequence[Dataset], structures: Sequence[Structure],
+                         mapping: LabelMapping, pipeline: PipelineMetadata,
+                         options: EncodeOptions, layer_index: int, syntax: UID
+                         ) -> dict[str, Any]:
+    """highdicom Segmentation arguments other than the frames."""
+    source = source_images[0]
+    seg_type = options.segmentation_type
+    kind = f"SEG {mapping.name}" + (" labelmap" if seg_type == "LABELMAP" else "")
+    return dict(
+        segmentation_type=seg_type,
+        segment_descriptions=segment_descriptions(structures, source, pipeline, mapping.name),
+        series_instance_uid=derived_uid(source, pipeline, "seg", mapping.name, seg_type),
+        series_number=series_number(source, SEG_SERIES_OFFSET + layer_index),
+        sop_instance_uid=instance_uid(source_images, pipeline, "seg", mapping.name, seg_type),
+        instance_number=1,
+        manufacturer=pipeline.manufacturer,
+        manufacturer_model_name=pipeline.model_name,
+        software_versions=pipeline.software_version,
+        device_serial_number=pipeline.device_serial_number,
+        content_description=f"{pipeline.pipeline} {pipeline.algorithm_version}"[:64],
+        content_label="SPINE",
+        series_description=series_description(pipeline, kind),
+        transfer_syntax_uid=syntax,
+    )
 
 
 def _background_last(seg: hd.seg.Segmentation) -> None:
