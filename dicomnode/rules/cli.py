@@ -26,9 +26,7 @@ def _rules_test(args: argparse.Namespace) -> int:
         facts = SeriesFacts.from_dataset(group.first_header, slices=group.frames,
                                          calling_ae_title=group.calling_ae_title)
         routable = group.kind is SeriesKind.VOLUME
-        decision = route(config.routing, facts).as_json()
-        if not routable:  # the router ignores it whatever the rules say
-            decision.update(matched_rules=[], pipelines=[], destinations=[])
+        decision = route(config.routing, facts).as_json(volume=routable)
         report.append({
             "series_instance_uid": group.series.series_instance_uid,
             "study_instance_uid": group.study.study_instance_uid,
@@ -46,8 +44,10 @@ def _rules_test(args: argparse.Namespace) -> int:
         print(f"series {item['series_instance_uid'] or '(no Series Instance UID)'}: "
               f"{shown['modality']} {shown['orientation']} {shown['slices']} slices "
               f"{shown['series_description']!r}")
+        if item["forward"]:
+            print(f"  → forwarded to {', '.join(item['forward'])}")
         if item["kind"] != SeriesKind.VOLUME:
-            print(f"  → not processed: {item['kind']}")
+            print(f"  → not segmented: {item['kind']}")
             continue
         print("  → " + (", ".join(item["matched_rules"]) or "no rule matches: not processed"))
         for text in item["explanation"]:

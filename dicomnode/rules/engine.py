@@ -54,13 +54,18 @@ class RoutingDecision:
                 seen.setdefault(pipeline, outcome.rule)
         return list(seen.items())
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, volume: bool = True) -> dict[str, Any]:
         """The decision as ``dicomnode rules test --json`` and ``POST /api/v1/rules/test``
-        report it: what fires, then every rule's conditions."""
+        report it: what fires (pipelines, result destinations, where the series itself is
+        forwarded), then every rule's conditions. A series that is not a ``volume`` is not
+        segmented, only forwarded where a matching rule says so (as the router does)."""
+        fired = [o for o in self.selected if volume or o.rule.forward]
         return {
-            "matched_rules": [o.rule.name for o in self.selected],
-            "pipelines": [pipeline for pipeline, _ in self.pipelines],
-            "destinations": sorted({d for o in self.selected for d in o.rule.destinations}),
+            "matched_rules": [o.rule.name for o in fired],
+            "pipelines": [pipeline for pipeline, _ in self.pipelines] if volume else [],
+            "destinations": sorted({d for o in fired for d in o.rule.destinations})
+            if volume else [],
+            "forward": sorted({d for o in fired for d in o.rule.forward}),
             "explanation": [o.explain() for o in self.outcomes],
             "rules": [{"name": o.rule.name, "matched": o.matched,
                        "checks": [vars(c) for c in o.checks]} for o in self.outcomes],

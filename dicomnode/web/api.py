@@ -312,7 +312,9 @@ def list_dead_letters(name: str, context: Context, limit: Limit = 100, offset: O
     with Session(context.engine) as session:
         query = (select(Delivery, Series.series_instance_uid)
                  .join(Job, Job.id == Delivery.job_id).join(Series, Series.id == Job.series_id)
-                 .where(Delivery.destination == name, Delivery.state == DeliveryState.DEAD))
+                 # its results' deliveries and the source series forwarded to it
+                 .where(Delivery.destination.in_((name, f"forward:{name}")),
+                        Delivery.state == DeliveryState.DEAD))
         total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
         rows = session.execute(query.order_by(Delivery.job_id.desc()).limit(limit)
                                .offset(offset)).all()

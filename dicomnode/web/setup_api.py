@@ -104,9 +104,7 @@ def test_rules(_caller: Caller, context: Context,
             facts, sender = series_facts(session, series.id, context.layout.spool)
         except (JobError, OSError) as exc:
             raise HTTPException(409, f"the series cannot be read: {exc}") from None
-    decision = route(context.config.routing, facts).as_json()
-    if kind is not SeriesKind.VOLUME:  # the router ignores it whatever the rules say
-        decision.update(matched_rules=[], pipelines=[], destinations=[])
+    decision = route(context.config.routing, facts).as_json(volume=kind is SeriesKind.VOLUME)
     return {"series_instance_uid": series_instance_uid, "kind": kind.value,
             "sender": sender or None,
             "facts": {k: v for k, v in vars(facts).items() if k != "extra"}, **decision}

@@ -152,3 +152,26 @@ def test_synthetic_planes_are_the_planes_they_are_named_after() -> None:
                            (synthetic.sagittal_t2_mr, "sagittal")):
         series = factory()
         assert orientation_of(series.datasets[0]) == plane, factory.__name__
+
+
+def test_decision_json_says_where_the_series_is_forwarded() -> None:
+    """The report ``rules test`` and ``POST /api/v1/rules/test`` share: a rule's forwards, and a
+    series that is not a volume matching only the rules that forward (as the router does)."""
+    config = parse_config({
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": 104},
+                         "research": {"type": "dicom", "ae_title": "RESEARCH",
+                                      "host": "127.0.0.1", "port": 105}},
+        "routing": {"mode": "all", "rules": [
+            {"name": "segment", "match": {"modality": ["CT"]},
+             "pipelines": ["vertebral-bodies-ct"], "destinations": ["pacs"]},
+            {"name": "archive", "match": {"modality": ["CT"]}, "forward": ["research"]}]}})
+    decision = route(config.routing, SeriesFacts(modality="CT", slices=10))
+    volume = decision.as_json()
+    assert volume["matched_rules"] == ["segment", "archive"]
+    assert (volume["pipelines"], volume["destinations"], volume["forward"]) == (
+        ["vertebral-bodies-ct"], ["pacs"], ["research"])
+    assert [r["matched"] for r in volume["rules"]] == [True, True]
+    flat = decision.as_json(volume=False)
+    assert (flat["matched_rules"], flat["pipelines"], flat["destinations"], flat["forward"]) == (
+        ["archive"], [], [], ["research"])

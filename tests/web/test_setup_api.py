@@ -131,3 +131,20 @@ def test_requeueing_dead_letters_needs_an_operator(console: Console) -> None:
     assert answer.status_code == 200
     assert answer.json() == {"destination": "down", "requeued": 0, "jobs": []}
     assert unknown.status_code == 404
+
+
+def test_dead_forwards_are_the_destinations_dead_letters_too(console: Console,
+                                                             held_series: str) -> None:
+    """A forwarded series that gave up on ``down`` (delivery ``forward:down``) is listed
+    with the destination's own dead letters."""
+    with console.client("victor") as client:
+        job_id = client.get(f"/api/v1/series/{held_series}").json()["jobs"][0]["id"]
+        console.node.query(
+            "INSERT INTO deliveries (job_id, destination, state, attempts, next_attempt_at, "
+            f"error_kind, error_message, stored) VALUES ({job_id}, 'forward:down', 'dead', 3, "
+            "'2026-01-01 00:00:00', 'unreachable', 'cannot associate', '[]')")
+        dead = client.get("/api/v1/destinations/down/dead-letters").json()
+    assert dead["total"] == 1
+    (letter,) = dead["items"]
+    assert (letter["job_id"], letter["destination"], letter["series_instance_uid"]) == (
+        job_id, "forward:down", held_series)
