@@ -80,6 +80,38 @@ def test_fast_path_writes_what_highdicom_writes(monkeypatch, series, kind):
         assert _stripped(fast_written) == _stripped(highdicom_written), options
 
 
+@pytest.mark.parametrize("name", ["ct", "mr_sagittal", "mr_oblique"])
+def test_fast_path_writes_what_highdicom_writes_for_the_encoder_cases(monkeypatch, name):
+    """The real CT (its own position strings, patient and study attributes) and the MR."""
+    from tests.results.conftest import CASES
+
+    case = CASES[name]()
+    compared = 0
+    for options in OPTIONS:
+        if not fast.applies(case.datasets, case.labelmap.shape,
+                            options.segmentation_type == "BINARY",
+                            writer._LABELMAP_SYNTAX[options.labelmap_compression]
+                            if options.segmentation_type == "LABELMAP"
+                            else pydicom.uid.ExplicitVRLittleEndian, len(case.mapping.labels)):
+            continue
+        seg, fast_written = _build_case(monkeypatch, True, case, options)
+        assert isinstance(seg, fast.FastSegmentation)
+        _, highdicom_written = _build_case(monkeypatch, False, case, options)
+        np.testing.assert_array_equal(fast_written.pixel_array, highdicom_written.pixel_array)
+        assert _stripped(fast_written) == _stripped(highdicom_written), options
+        compared += 1
+    assert compared
+
+
+def _build_case(monkeypatch, fast_path, case, options):
+    monkeypatch.setattr(writer, "FAST_PATH", fast_path)
+    seg = writer.build_segmentation(case.datasets, case.labelmap, case.mapping, PIPELINE,
+                                    options)[0]
+    buffer = io.BytesIO()
+    seg.save_as(buffer, enforce_file_format=True)
+    return seg, pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
 def test_fast_segmentation_indexes_its_frames_when_asked(tmp_path):
     datasets = synthetic.axial_ct(shape=(9, 16, 24)).datasets
     labels = _labels((len(datasets), 16, 24), "random")
