@@ -69,8 +69,10 @@ class Bench:
             jobs["workers"] = 1
         root = self.work / f"run{self.runs}"
         root.mkdir()
+        # series_timeout 3 s: 1 s can split a series on a loaded machine
         node = RunningNode(root, node_config(port, self.orthanc, self.models, jobs=jobs,
-                                             storage=storage), port)
+                                             storage=storage,
+                                             assembly={"series_timeout": 3.0}), port)
         node.start()
         return node
 

@@ -176,7 +176,9 @@ def cluster(tmp_path: Path, rabbitmq: RabbitMQ, postgres: Postgres, model_store:
         config = node_config(port, orthanc, model_store, **{
             "jobs": {"backend": "celery", "broker_url": rabbitmq.url, "lease_seconds": LEASE,
                      "poll_interval": 0.2},
-            "storage": {"database_url": url}, **overrides})
+            "storage": {"database_url": url},
+            # 1 s splits a series on a loaded machine (a pause inside one storescu run)
+            "assembly": {"series_timeout": 4.0}, **overrides})
         root = tmp_path / f"cluster{len(started)}"
         root.mkdir()
         node = RunningNode(root, config, port)
