@@ -69,8 +69,8 @@ def make_engine(url: str, *, fsync: bool = True, immediate: bool = False) -> Eng
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables, and add the nullable columns a newer version introduced to
-    tables an older one created (idempotent)."""
+    """Create missing tables, and add the nullable columns and the indexes a newer version
+    introduced to tables an older one created (idempotent)."""
     try:
         Base.metadata.create_all(engine)
         with engine.begin() as conn:
@@ -82,6 +82,8 @@ def create_schema(engine: Engine) -> None:
                         kind = column.type.compile(dialect=engine.dialect)
                         conn.exec_driver_sql(
                             f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}')
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
     except Exception as exc:  # noqa: BLE001 - surfaced as one typed error for the CLI
         raise DatabaseError(f"cannot create the index tables at {engine.url!r}: {exc}") from exc
 

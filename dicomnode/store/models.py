@@ -117,7 +117,8 @@ class Series(Base):
     #: ``instance_count`` it only grows (retention deletes instances, not series). Nullable:
     #: an index made before it existed gets the column, empty, at the next start.
     bytes_received: Mapped[int | None] = mapped_column(BigInteger, default=0)
-    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                        index=True)  # the lists' order
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     study: Mapped[Study] = relationship(back_populates="series")

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from dicomnode.store import (
     AssociationOutcome,
@@ -127,7 +127,8 @@ def list_series(
         description="received (first instance) at or before this time, ISO 8601")] = None,
     limit: Limit = 100, offset: Offset = 0,
 ) -> dict[str, Any]:
-    query = select(Series).order_by(Series.first_received_at.desc(), Series.id.desc())
+    query = (select(Series).options(selectinload(Series.study))  # one query for the page's
+             .order_by(Series.first_received_at.desc(), Series.id.desc()))
     if state is not None:
         query = query.where(Series.state == state)
     if modality:
@@ -171,7 +172,7 @@ def get_series(series_instance_uid: str, context: Context) -> dict[str, Any]:
 @router.get("/jobs", tags=["jobs"], summary="Jobs, newest first")
 def list_jobs(context: Context, state: JobState | None = None, pipeline: str | None = None,
               limit: Limit = 100, offset: Offset = 0) -> dict[str, Any]:
-    query = select(Job).order_by(Job.id.desc())
+    query = select(Job).options(selectinload(Job.series)).order_by(Job.id.desc())
     if state is not None:
         query = query.where(Job.state == state)
     if pipeline:
