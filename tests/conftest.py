@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +24,20 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     server.start()
     yield server
     server.remove()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless Debian Chromium for the whole session (Playwright's sync API allows one
+    instance per thread at a time: a second, started while the first lives, fails)."""
+    from tests.viewer.browser import CHROMIUM, chromium
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            raise RuntimeError("the browser tests need Debian's chromium (deploy/setup.sh)")
+        pytest.skip("the browser tests need Debian's chromium")
+    with chromium() as instance:
+        yield instance
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

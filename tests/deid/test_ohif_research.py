@@ -18,7 +18,7 @@ from tests.deid.test_research_routing import IDENTITY, SEG, _ct_series
 from tests.e2e.conftest import jobs_in, make_e2e_node, model_store  # noqa: F401 - fixtures
 from tests.service.conftest import ct_sources, storescu  # noqa: F401
 from tests.viewer.browser import Ohif
-from tests.viewer.conftest import _orthanc_dataset, _orthanc_get, browser, ohif_dist, stack  # noqa: F401
+from tests.viewer.conftest import _orthanc_dataset, _orthanc_get, ohif_dist, stack  # noqa: F401
 from tests.viewer.expect import segment_table
 
 pytestmark = pytest.mark.slow

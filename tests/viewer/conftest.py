@@ -26,7 +26,7 @@ from dicomnode.viewer import ViewerStack, install_ohif
 from tests.models.train_small_model import TRAINED_CT_MODEL
 from tests.orthanc import ORTHANC, free_port
 from tests.service.conftest import AE_TITLE, RunningNode, storescu
-from tests.viewer.browser import CHROMIUM, chromium
+from tests.viewer.browser import CHROMIUM
 
 REPO = Path(__file__).resolve().parents[2]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -68,12 +68,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, ohif_dist: Path) -> Iterator
     stack.start()
     yield stack
     stack.stop()
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    with chromium() as instance:
-        yield instance
 
 
 # --- models and series -----------------------------------------------------------------------

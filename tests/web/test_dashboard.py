@@ -6,7 +6,6 @@ preview and measurements; a viewer cannot retry."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,6 @@ from pydicom.dataset import Dataset
 from tests.models.test_trained_model import write_ct_series as write_trained_ct
 from tests.models.train_small_model import TRAINED_CT_MODEL
 from tests.service.conftest import _cli, running_nodes, storescu, write_ct_series
-from tests.viewer.browser import CHROMIUM, chromium
 from tests.web.conftest import (
     PASSWORDS,
     ROLES,
@@ -135,16 +133,6 @@ WATCH_JOBS = """() => {
   record();
   new MutationObserver(record).observe(body, {childList: true, subtree: true});
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            raise RuntimeError("the dashboard tests need Debian's chromium (deploy/setup.sh)")
-        pytest.skip("the dashboard tests need Debian's chromium")
-    with chromium() as instance:
-        yield instance
 
 
 def log_in(browser: Any, console: Console, user: str) -> Any:
