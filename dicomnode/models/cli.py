@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.config import load_config
-from dicomnode.models.registry import REGISTRY, ModelStore, get_entry
+from dicomnode.models.registry import REGISTRY, ModelStore, get_entry, model_rows
 from dicomnode.models.runtime import ModelError
 
 
@@ -64,16 +64,7 @@ def _size(value: float | None) -> str:
 
 def _list(args: argparse.Namespace) -> int:
     store = ModelStore(load_config(args.config).models.path)
-    rows: list[dict[str, Any]] = []
-    for entry in REGISTRY.values():
-        installed = store.find(entry.name)
-        rows.append({
-            "name": entry.name, "pipeline": entry.pipeline, "modality": entry.modality,
-            "installed": installed is not None,
-            "version": installed.version if installed else entry.version,
-            "size": installed.manifest.get("size") if installed else entry.size,
-            "source": entry.source,
-        })
+    rows = model_rows(store)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -245,3 +245,22 @@ class ModelStore:
                 f"model {name} is not installed in {self.root}; run 'dicomnode models pull {name}' "
                 f"or, without internet access, 'dicomnode models install {name} PATH'")
         return installed
+
+
+def model_rows(store: ModelStore, loaded: Collection[Path] = ()) -> list[dict[str, Any]]:
+    """Every registry entry as ``dicomnode models list --json`` and ``GET /api/v1/models``
+    show it: installed or not, version, size, and ``warm`` (among the ``loaded`` folders of a
+    runtime: its next job starts without loading it)."""
+    rows = []
+    for entry in REGISTRY.values():
+        installed = store.find(entry.name)
+        rows.append({
+            "name": entry.name, "pipeline": entry.pipeline, "modality": entry.modality,
+            "installed": installed is not None,
+            "version": installed.version if installed else entry.version,
+            "path": str(installed.path) if installed else None,
+            "size": installed.manifest.get("size") if installed else entry.size,
+            "source": entry.source,
+            "warm": installed is not None and installed.is_warm(loaded),
+        })
+    return rows

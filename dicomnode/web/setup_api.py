@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicomnode.grouping import SeriesKind, series_kind
-from dicomnode.models.registry import REGISTRY, ModelError, ModelStore
+from dicomnode.models.registry import REGISTRY, ModelError, ModelStore, model_rows
 from dicomnode.rules.engine import route
 from dicomnode.rules.router import series_facts
 from dicomnode.store import Instance, JobError, Series
@@ -26,23 +26,8 @@ router = APIRouter()
 
 
 def _models(context: WebContext) -> list[dict[str, Any]]:
-    store = ModelStore(context.config.models.path)
     warm = context.runner.warm_folders() if context.runner is not None else []
-    rows = []
-    for entry in REGISTRY.values():
-        installed = store.find(entry.name)
-        rows.append({
-            "name": entry.name, "pipeline": entry.pipeline, "modality": entry.modality,
-            "installed": installed is not None,
-            "version": installed.version if installed else entry.version,
-            "path": str(installed.path) if installed else None,
-            "size": installed.manifest.get("size") if installed else entry.size,
-            "source": entry.source,
-            # Loaded by this process's runtime (the serve's job workers): the next job of its
-            # pipeline starts without loading it.
-            "warm": installed is not None and installed.is_warm(warm),
-        })
-    return rows
+    return model_rows(ModelStore(context.config.models.path), warm)
 
 
 @router.get("/models", tags=["models"],
