@@ -60,7 +60,8 @@ from tests.orthanc import Orthanc  # noqa: E402
 from tests.service.conftest import RunningNode, free_port, storescu  # noqa: E402
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
-TARGET_OVERHEAD_S = 3.0
+#: Issue 17: ≤ 1.5 s on a fresh node and on one that has run a job already.
+TARGET_OVERHEAD_S = 1.5
 
 
 def build_model(work: Path, kind: str, spacing: tuple[float, float, float] = (2.0, 1.5, 1.5)
@@ -123,8 +124,64 @@ class PeakRss:
         return self.peak
 
 
-def run_node(series: Path, store: Path, work: Path, timeout: float, device: str,
-             poll_interval: float) -> dict[str, Any]:
+def new_uids(series: Path, out: Path) -> Path:
+    """A copy of ``series`` as a different study, series and frame of reference (new UIDs),
+    for the second job: the node sees another patient visit, not a re-send."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    out.mkdir()
+    study, uid_series, frame = generate_uid(), generate_uid(), generate_uid()
+    for path in sorted(series.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = \
+            study, uid_series, frame
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(out / path.name)
+    return out
+
+
+def _wait_for_seg(orthanc: Orthanc, seen: set[str], since: float) -> float:
+    """The time a SEG that is not among the instances ``seen`` appears in Orthanc."""
+    while True:
+        if time.time() - since > 3600:
+            raise TimeoutError("no SEG in Orthanc after an hour")
+        for instance in orthanc.get("/instances"):
+            if instance in seen:
+                continue
+            tags = orthanc.get(f"/instances/{instance}/simplified-tags")
+            if tags.get("SOPClassUID") == SEG:
+                return time.time()
+            seen.add(instance)  # not a SEG: an SR or preview of this or the previous job
+        time.sleep(0.05)
+
+
+def _job_figures(node: RunningNode, series_uid: str, total: float) -> dict[str, Any]:
+    """Stage times, quiet period and state of the job of ``series_uid`` once it has finished
+    (or five minutes after its SEG arrived)."""
+    query = ("select j.stage_times, j.state, s.last_received_at from jobs j join series s "
+             f"on s.id = j.series_id where s.series_instance_uid = '{series_uid}'")
+    deadline = time.time() + 300  # the SEG is in; let the rest of the delivery finish
+    while node.query(query)[0][1] not in ("done", "failed", "dead") and time.time() < deadline:
+        time.sleep(0.1)
+    stage_times, state, last_received = node.query(query)[0]
+    stamps = {k: datetime.fromisoformat(v).timestamp() for k, v in json.loads(stage_times).items()}
+    received = datetime.fromisoformat(last_received)
+    if received.tzinfo is None:
+        received = received.replace(tzinfo=UTC)  # the index stores UTC
+    order = ["complete", "routed", "loading", "segmenting", "encoding", "dispatching", "done"]
+    stages = {f"stage_{a if a != 'complete' else 'routing'}": stamps[b] - stamps[a]
+              for a, b in zip(order, order[1:], strict=False) if a in stamps and b in stamps}
+    return {"state": state, "total": total, "quiet": stamps["complete"] - received.timestamp(),
+            "stages": stages}
+
+
+def run_node(series: list[Path], store: Path, work: Path, timeout: float, device: str,
+             poll_interval: float) -> tuple[list[dict[str, Any]], int]:
+    """Send each of ``series`` in turn to one node (the next once the previous job has
+    finished); the figures of each job, and the node's peak RSS over all of them."""
+    import pydicom
+
     orthanc = Orthanc(work / "orthanc")
     orthanc.start()
     port = free_port()
@@ -147,6 +204,7 @@ def run_node(series: Path, store: Path, work: Path, timeout: float, device: str,
     node.start()
     assert node.process is not None
     rss = PeakRss(node.process.pid)
+    jobs = []
     try:
         # A node in service has done its start-up imports long before a series completes
         # (they run once no association has been open for 2 s); measure that node, not the
@@ -156,43 +214,22 @@ def run_node(series: Path, store: Path, work: Path, timeout: float, device: str,
             if time.time() > deadline:
                 raise TimeoutError("the node did not finish its warm-up imports in 5 minutes")
             time.sleep(0.2)
-        sent = storescu(port, series)
-        last_store = time.time()  # storescu returns right after the last response + release
-        if sent.returncode != 0:
-            raise RuntimeError(sent.stdout[-2000:])
-        seg_at = None
-        while seg_at is None:
-            if time.time() - last_store > 3600:
-                raise TimeoutError("no SEG in Orthanc after an hour")
-            for instance in orthanc.get("/instances"):
-                tags = orthanc.get(f"/instances/{instance}/simplified-tags")
-                if tags.get("SOPClassUID") == SEG:
-                    seg_at = time.time()
-                    break
-            else:
-                time.sleep(0.05)
-        deadline = time.time() + 300  # the SEG is in; let the rest of the delivery finish
-        while node.query("select state from jobs")[0][0] not in ("done", "failed", "dead"):
-            if time.time() > deadline:
-                break
-            time.sleep(0.1)
-        stage_times, state = node.query("select stage_times, state from jobs")[0]
-        last_received = node.query("select last_received_at from series")[0][0]
+        seen: set[str] = set()
+        for folder in series:
+            uid = str(pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
+                      .SeriesInstanceUID)
+            seen.update(orthanc.get("/instances"))
+            sent = storescu(port, folder)
+            last_store = time.time()  # storescu returns right after the last response + release
+            if sent.returncode != 0:
+                raise RuntimeError(sent.stdout[-2000:])
+            seg_at = _wait_for_seg(orthanc, seen, last_store)
+            jobs.append(_job_figures(node, uid, seg_at - last_store))
     finally:
         peak = rss.stop()
         node.stop()
         orthanc.stop()
-    stamps = {k: datetime.fromisoformat(v).timestamp() for k, v in json.loads(stage_times).items()}
-    received = datetime.fromisoformat(last_received)
-    if received.tzinfo is None:
-        received = received.replace(tzinfo=UTC)  # the index stores UTC
-    order = ["complete", "routed", "loading", "segmenting", "encoding", "dispatching", "done"]
-    stages = {f"stage_{a if a != 'complete' else 'routing'}": stamps[b] - stamps[a]
-              for a, b in zip(order, order[1:], strict=False) if a in stamps and b in stamps}
-    quiet = stamps["complete"] - received.timestamp()
-    total = seg_at - last_store
-    return {"state": state, "total": total, "quiet": quiet, "stages": stages,
-            "peak_rss": peak}
+    return jobs, peak
 
 
 def run_reference(series: Path, model: Path, work: Path, device: str) -> tuple[float, int]:
@@ -230,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                         metavar=("Z", "Y", "X"),
                         help="the random model's target spacing (mm); a coarse one (4 3 3) makes "
                              "CPU inference short when only the overhead is wanted")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the model's own command (the latency rows then compare "
+                             "with our own segmenting stage)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dicomnode-e2e-") as tmp:
         work = Path(tmp)
@@ -238,35 +278,45 @@ def main(argv: list[str] | None = None) -> int:
             slices = write_series(series, 1.0, EXAMPLE_CT, pixel_mm=0.8, name="example_ct")
         else:
             slices = write_series(series)
+        second = new_uids(series, work / "series-2")
         model, store = build_model(work, args.model, tuple(args.model_spacing))
-        ours = run_node(series, store, work, args.series_timeout, args.device,
-                        args.poll_interval)
-        ref_seconds, ref_peak = run_reference(series, model, work, args.device)
-    segmenting = ours["stages"].get("stage_segmenting", 0.0)
-    latency = ours["total"] - ours["quiet"]
-    overhead = latency - segmenting
-    rows = [
-        {"name": "latency_excl_series_timeout", "ours": latency, "reference": ref_seconds,
-         "unit": "s"},
-        {"name": "model_segmenting_stage", "ours": segmenting, "reference": ref_seconds,
-         "unit": "s"},
-        {"name": "overhead_excl_model", "ours": overhead, "reference": TARGET_OVERHEAD_S,
-         "unit": "s"},
-        # complete → loading: what routing and queueing add before a worker starts; without
-        # the executor's wake-up it is up to two poll intervals (coordinator, then worker).
-        {"name": "queue_wait_complete_to_loading",
-         "ours": ours["stages"].get("stage_routing", 0.0) + ours["stages"].get("stage_routed", 0.0),
-         "reference": args.poll_interval, "unit": "s"},
-        {"name": "node_peak_rss", "ours": ours["peak_rss"] / 2**20, "reference": ref_peak / 2**20,
-         "unit": "MiB"},
-    ]
-    print(f"{slices}-slice CT, job {ours['state']}; series_timeout quiet period "
-          f"{ours['quiet']:.2f} s (excluded)")
-    for name, seconds in ours["stages"].items():
-        print(f"  {name:<22} {seconds:8.2f} s")
-    print(f"  {'total (excl. quiet)':<22} {latency:8.2f} s")
+        jobs, peak = run_node([series, second], store, work, args.series_timeout, args.device,
+                              args.poll_interval)
+        ref_seconds, ref_peak = (None, None) if args.no_reference else \
+            run_reference(series, model, work, args.device)
+    rows: list[dict[str, Any]] = []
+    for when, ours in zip(("fresh", "warm"), jobs, strict=True):
+        segmenting = ours["stages"].get("stage_segmenting", 0.0)
+        latency = ours["total"] - ours["quiet"]
+        model_seconds = ref_seconds if ref_seconds is not None else segmenting
+        rows += [
+            {"name": f"latency_excl_series_timeout_{when}", "ours": latency,
+             "reference": model_seconds, "unit": "s"},
+            {"name": f"model_segmenting_stage_{when}", "ours": segmenting,
+             "reference": model_seconds, "unit": "s"},
+            {"name": f"overhead_excl_model_{when}", "ours": latency - segmenting,
+             "reference": TARGET_OVERHEAD_S, "unit": "s"},
+            # complete → loading: what routing and queueing add before a worker starts;
+            # without the executor's wake-up it is up to two poll intervals.
+            {"name": f"queue_wait_complete_to_loading_{when}",
+             "ours": ours["stages"].get("stage_routing", 0.0)
+             + ours["stages"].get("stage_routed", 0.0),
+             "reference": args.poll_interval, "unit": "s"},
+        ]
+        # The stages outside the model, each against the whole overhead budget.
+        rows += [{"name": f"{name}_{when}", "ours": seconds, "reference": TARGET_OVERHEAD_S,
+                  "unit": "s"}
+                 for name, seconds in ours["stages"].items()
+                 if name in ("stage_loading", "stage_encoding", "stage_dispatching")]
+        print(f"{slices}-slice CT, {when} node: job {ours['state']}; series_timeout quiet "
+              f"period {ours['quiet']:.2f} s (excluded)")
+        for name, seconds in ours["stages"].items():
+            print(f"  {name:<22} {seconds:8.2f} s")
+        print(f"  {'total (excl. quiet)':<22} {latency:8.2f} s")
+    rows.append({"name": "node_peak_rss", "ours": peak / 2**20,
+                 "reference": ref_peak / 2**20 if ref_peak else peak / 2**20, "unit": "MiB"})
     report(rows, args.json)
-    return 0 if ours["state"] == "done" else 1
+    return 0 if all(job["state"] == "done" for job in jobs) else 1
 
 
 if __name__ == "__main__":
