@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Engine, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.dml import ReturningInsert
 
 from dicomnode.grouping import SeriesKey, StudyKey
 from dicomnode.store.models import (
@@ -99,20 +100,25 @@ _REOPEN_SERIES = _COUNT_SERIES_INSTANCE.values(
     state=SeriesState.RECEIVING, revision=_series.c.revision + 1, completed_at=None)
 _COUNT_STORED = (update(_associations).where(_associations.c.id == bindparam("association_id"))
                  .values(instances_stored=_associations.c.instances_stored + 1))
+# An UPDATE's bound parameters may not be named as one of its table's columns.
 _COUNT_RESEND = (update(_instances)
-                 .where(_instances.c.sop_instance_uid == bindparam("sop_instance_uid"))
+                 .where(_instances.c.sop_instance_uid == bindparam("uid"))
                  .values(receive_count=_instances.c.receive_count + 1))
 _COUNT_DUPLICATE = (update(_associations).where(_associations.c.id == bindparam("association_id"))
                     .values(duplicates=_associations.c.duplicates + 1))
-#: INSERT ... ON CONFLICT DO NOTHING per (dialect, table), for the unique UID column.
-_UPSERTS: dict[tuple[str, str], postgresql.Insert | sqlite.Insert] = {}
+#: INSERT ... ON CONFLICT DO NOTHING RETURNING id per (dialect, table), for the unique UID
+#: column: a row back means it was inserted. (rowcount cannot tell: with the RETURNING
+#: PostgreSQL gets for the primary key, psycopg reports -1 either way.)
+_UPSERTS: dict[tuple[str, str], ReturningInsert[Any]] = {}
 
 
-def _insert_new(conn: Connection, table: Table, key: str) -> postgresql.Insert | sqlite.Insert:
-    """``INSERT ... ON CONFLICT (key) DO NOTHING`` into ``table``, built once per dialect."""
+def _insert_new(conn: Connection, table: Table, key: str) -> ReturningInsert[Any]:
+    """``INSERT ... ON CONFLICT (key) DO NOTHING RETURNING id`` into ``table``, built once per
+    dialect."""
     cached = _UPSERTS.get((conn.dialect.name, table.name))
     if cached is None:
-        cached = _insert(conn, table).on_conflict_do_nothing(index_elements=[key])
+        cached = (_insert(conn, table).on_conflict_do_nothing(index_elements=[key])
+                  .returning(table.c.id))
         _UPSERTS[(conn.dialect.name, table.name)] = cached
     return cached
 
@@ -138,7 +144,7 @@ class InstanceIndex:
     def count_duplicate(self, sop_instance_uid: str, association_id: int | None) -> None:
         """A resend of an instance we hold: acknowledged, counted, nothing rewritten."""
         with self.engine.begin() as conn:
-            conn.execute(_COUNT_RESEND, {"sop_instance_uid": sop_instance_uid})
+            conn.execute(_COUNT_RESEND, {"uid": sop_instance_uid})
             if association_id is not None:
                 conn.execute(_COUNT_DUPLICATE, {"association_id": association_id})
 
@@ -164,8 +170,8 @@ class InstanceIndex:
                 "size": record.size, "received_at": now, "receive_count": 1,
                 "association_id": record.association_id,
                 "content_digest": record.content_digest, "frames": record.frames,
-            }).rowcount
-            if not inserted:  # indexed first by another path (recovery): the caller decides
+            }).first()
+            if inserted is None:  # indexed first by another path (recovery): the caller decides
                 held = conn.execute(_HELD_DIGEST, {
                     "sop_instance_uid": record.sop_instance_uid}).scalar()
                 return IndexOutcome(series_id, record.series.series_instance_uid, False,
@@ -180,23 +186,27 @@ class InstanceIndex:
     @staticmethod
     def _create_series(conn: Connection, record: InstanceRecord, now: datetime) -> int:
         study, series = record.study, record.series
-        conn.execute(_insert_new(conn, _studies, "study_instance_uid"), {
+        # The id comes back from the INSERT, or, if another writer made the row, from a SELECT.
+        study_id = conn.execute(_insert_new(conn, _studies, "study_instance_uid"), {
             "study_instance_uid": study.study_instance_uid,
             "uid_synthesized": study.uid_synthesized, "patient_id": study.patient_id,
             "patient_name": study.patient_name, "study_date": study.study_date,
             "accession_number": study.accession_number,
-            "study_description": study.study_description, "first_received_at": now})
-        study_id = conn.execute(_FIND_STUDY, {
-            "study_instance_uid": study.study_instance_uid}).scalar_one()
-        conn.execute(_insert_new(conn, _series, "series_instance_uid"), {
+            "study_description": study.study_description, "first_received_at": now}).scalar()
+        if study_id is None:
+            study_id = conn.execute(_FIND_STUDY, {
+                "study_instance_uid": study.study_instance_uid}).scalar_one()
+        series_id = conn.execute(_insert_new(conn, _series, "series_instance_uid"), {
             "series_instance_uid": series.series_instance_uid, "study_id": study_id,
             "uid_synthesized": series.uid_synthesized, "modality": series.modality,
             "series_description": series.series_description,
             "series_number": series.series_number, "sop_class_uid": series.sop_class_uid,
             "is_image": series.is_image, "state": SeriesState.RECEIVING, "revision": 1,
-            "instance_count": 0, "first_received_at": now, "last_received_at": now})
-        return int(conn.execute(_FIND_SERIES, {
-            "series_instance_uid": series.series_instance_uid}).scalar_one())
+            "instance_count": 0, "first_received_at": now, "last_received_at": now}).scalar()
+        if series_id is None:
+            series_id = conn.execute(_FIND_SERIES, {
+                "series_instance_uid": series.series_instance_uid}).scalar_one()
+        return int(series_id)
 
     def add_rejection(self, *, association_id: int | None, sop_instance_uid: str | None,
                       sop_class_uid: str | None, kind: str, message: str, status: int,
