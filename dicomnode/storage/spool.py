@@ -8,12 +8,15 @@ acknowledged and are removed at start-up.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +54,7 @@ class Spool:
         self.conflicts = root / CONFLICTS
         self.quarantine_limits = quarantine_limits or QuarantineLimits(1024**3, 30 * 86400)
         self._quarantine_lock = threading.Lock()
-        #: Quarantined files, oldest first: (mtime, size, path); known once prepare() ran.
+        #: Quarantined files, oldest first: (mtime, size, path); read again under the lock.
         self._quarantined: list[tuple[float, int, Path]] = []
         # Folders known to exist and be durable; avoids a mkdir + sync per instance.
         self._known_dirs: set[Path] = set()
@@ -65,17 +68,31 @@ class Spool:
         for leftover in self.incoming.iterdir():
             leftover.unlink(missing_ok=True)
             removed += 1
-        with self._quarantine_lock:
-            entries = []
-            for path in self.quarantine.iterdir():
-                try:
-                    stat = path.stat()
-                except OSError:
-                    continue
-                entries.append((stat.st_mtime, stat.st_size, path))
-            self._quarantined = sorted(entries)
+        with self._quarantine_locked():
             self._trim_quarantine(0)
         return removed
+
+    @contextmanager
+    def _quarantine_locked(self) -> Iterator[None]:
+        """Hold the quarantine, against this process's threads and the other receiver
+        processes writing into the same folder (an flock on the folder), and know its files:
+        each process adding under limits it counted alone would together exceed them."""
+        with self._quarantine_lock:
+            fd = os.open(self.quarantine, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                entries = []
+                with os.scandir(self.quarantine) as found:
+                    for entry in found:
+                        try:
+                            stat = entry.stat()
+                        except OSError:
+                            continue
+                        entries.append((stat.st_mtime, stat.st_size, Path(entry.path)))
+                self._quarantined = sorted(entries)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
 
     def free_bytes(self) -> int:
         """Free space on the spool's file system, in bytes."""
@@ -138,24 +155,28 @@ class Spool:
         the quarantine limits: older files go first; one larger than the limit is not kept.
         Returns the path relative to the spool, or None when nothing was kept."""
         size = sum(len(chunk) for chunk in chunks)
-        with self._quarantine_lock:
-            if size > self.quarantine_limits.max_bytes:
-                return None
-            self._trim_quarantine(size)
-            path = self.quarantine / f"{uuid.uuid4().hex}.dcm"
-            try:
-                with open(path, "wb") as handle:
-                    for chunk in chunks:
-                        handle.write(chunk)
-            except OSError:
-                path.unlink(missing_ok=True)
-                return None
-            self._quarantined.append((time.time(), size, path))
+        if size > self.quarantine_limits.max_bytes:
+            return None
+        # Named by time first: files of one clock tick (mtimes are that coarse) sort in order.
+        path = self.quarantine / f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.dcm"
+        try:
+            with self._quarantine_locked():
+                self._trim_quarantine(size)
+                try:
+                    with open(path, "wb") as handle:
+                        for chunk in chunks:
+                            handle.write(chunk)
+                except OSError:
+                    path.unlink(missing_ok=True)
+                    return None
+                self._quarantined.append((time.time(), size, path))
+        except OSError:  # the folder itself is gone or unreadable: keep nothing
+            return None
         return f"{QUARANTINE}/{path.name}"
 
     def quarantine_usage(self) -> tuple[int, int]:
         """(files, bytes) held in the quarantine."""
-        with self._quarantine_lock:
+        with self._quarantine_locked():
             return len(self._quarantined), sum(size for _, size, _ in self._quarantined)
 
     def _trim_quarantine(self, room: int) -> None:
