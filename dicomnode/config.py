@@ -94,6 +94,10 @@ class NodeConfig(_Section):
     #: Source addresses or networks (CIDR) allowed to associate; empty means any.
     allowed_hosts: list[str] = Field(default_factory=list)
     max_associations: int = 16
+    #: Processes that accept associations on the port (each a full C-STORE SCP with its own
+    #: database connection; ``max_associations`` counts across them). ``auto``: one per CPU
+    #: core, at most 4.
+    receiver_processes: int | Literal["auto"] = "auto"
     #: Seconds of silence after which an association is aborted.
     network_timeout: float = 60.0
     #: Seconds a new connection may take to send its A-ASSOCIATE-RQ (and, with TLS, to finish
@@ -118,6 +122,20 @@ class NodeConfig(_Section):
         if not 1 <= value <= 65535:
             raise ValueError("must be between 1 and 65535")
         return value
+
+    @field_validator("receiver_processes")
+    @classmethod
+    def _processes(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError("must be between 1 and 64, or auto")
+        return value
+
+    def receiver_process_count(self) -> int:
+        """``receiver_processes`` with ``auto`` resolved on this machine."""
+        if isinstance(self.receiver_processes, int):
+            return self.receiver_processes
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, min(cores or 1, 4))
 
     @field_validator("max_associations")
     @classmethod

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import socketserver
 import ssl
 import threading
 import time
@@ -37,6 +38,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from converters.instance import frame_count
@@ -45,6 +47,7 @@ from dicomnode.grouping import SeriesKey, instance_identity
 from dicomnode.logs import log_event
 from dicomnode.receiver.dataset import Command, inspect_dataset
 from dicomnode.receiver.errors import AssociationEnd, CorruptDataset, ReceiverError, RejectKind
+from dicomnode.receiver.slots import LocalSlots, Slots
 from dicomnode.storage.spool import Spool
 from dicomnode.store import IndexOutcome, InstanceIndex, InstanceRecord
 from dicomnode.store.models import AssociationOutcome
@@ -130,16 +133,55 @@ class AuditedTLSContext:
         return wrapped
 
 
+class SharedSocketServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server on a socket that is already bound and listening, shared
+    by the node's receiver processes (:mod:`dicomnode.receiver.pool`)."""
+
+    # Connection set-up threads hand over to an association thread at once; nothing to join.
+    block_on_close = False
+
+    def __init__(self, *args: Any, listening: socket.socket, **kwargs: Any):
+        self._listening = listening
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self.socket is not None:
+            self.socket.close()  # the one socketserver made for itself
+        self.socket = self._listening
+        # Every process selects on the socket and all wake for a connection; those that lose
+        # the race to accept() must return to their loop, not block in accept().
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # listening already
+
+    def server_close(self) -> None:
+        # Not shutdown(): on a shared listening socket that ends accept() in every process.
+        if self.socket is not None:
+            self.socket.close()
+
+    def shutdown(self) -> None:
+        # pynetdicom's shutdown also removes the server from its AE's list of the servers
+        # AE.start_server made; this one was made with AE.make_server.
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
+
+
 class Receiver:
-    """The C-ECHO/C-STORE SCP: association policy, spool writes, indexing, audit."""
+    """The C-ECHO/C-STORE SCP: association policy, spool writes, indexing, audit.
+
+    ``slots`` counts associations against ``node.max_associations`` (shared memory when several
+    receiver processes serve one port); by default this receiver's own count."""
 
     def __init__(self, node: NodeConfig, storage: StorageConfig, index: InstanceIndex,
-                 spool: Spool, on_series_started: SeriesStarted):
+                 spool: Spool, on_series_started: SeriesStarted, slots: Slots | None = None):
         self.node = node
         self.storage = storage
         self.index = index
         self.spool = spool
         self.on_series_started = on_series_started
+        self.slots: Slots = slots if slots is not None else LocalSlots(node.max_associations)
         self._networks = [ipaddress.ip_network(h, strict=False) for h in node.allowed_hosts]
         self._audit_ids: dict[Association, int] = {}
         self._audit_lock = threading.Lock()
@@ -175,8 +217,9 @@ class Receiver:
         ae.maximum_pdu_size = MAX_PDU_SIZE
         return ae
 
-    def start(self) -> None:
-        """Listen on ``node.host:node.port`` (returns at once; associations get threads)."""
+    def start(self, listening: socket.socket | None = None) -> None:
+        """Listen on ``node.host:node.port``, or accept on ``listening``, a socket bound and
+        listening already (returns at once; associations get threads)."""
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_REQUESTED, self._on_requested),
@@ -195,13 +238,21 @@ class Receiver:
         context = tls_context(self.node)
         audited = (AuditedTLSContext(context, self.node.acse_timeout, self._on_tls_failure)
                    if context is not None else None)
-        try:
-            self._server = self.build_ae().start_server(
-                (self.node.host, self.node.port), block=False, evt_handlers=handlers,
-                ssl_context=audited)  # type: ignore[arg-type]
-        except OSError as exc:
-            raise ReceiverError(f"cannot listen on {self.node.host}:{self.node.port}: "
-                                f"{exc.strerror or exc}") from exc
+        address = (self.node.host, self.node.port)
+        if listening is None:
+            try:
+                self._server = self.build_ae().start_server(
+                    address, block=False, evt_handlers=handlers,
+                    ssl_context=audited)  # type: ignore[arg-type]
+            except OSError as exc:
+                raise cannot_listen(self.node, exc) from exc
+        else:
+            server = self.build_ae().make_server(
+                address, evt_handlers=handlers, ssl_context=audited,  # type: ignore[arg-type]
+                server_class=SharedSocketServer, listening=listening)
+            threading.Thread(target=server.serve_forever, name="receiver-accept",
+                             daemon=True).start()
+            self._server = server
         self._reaper_stop.clear()
         self._reaper = threading.Thread(target=self._reap, name="association-reaper",
                                         daemon=True)
@@ -284,10 +335,10 @@ class Receiver:
         refusal = self._refusal(calling, called, address)
         answer = (0x01, 0x01)  # rejected-permanent, by the service user
         if refusal is None:
-            with self._audit_lock:
-                if len(self._slots) < self.node.max_associations:
+            if self.slots.take():
+                with self._audit_lock:
                     self._slots.add(assoc)
-                    return
+                return
             refusal, answer = ("too-many-associations", TOO_MANY[2]), TOO_MANY[:2]
         reason, diagnostic = refusal
         # Audited before the answer, so the row exists once the peer knows it was refused.
@@ -351,10 +402,13 @@ class Receiver:
             reason = AssociationEnd.NETWORK_TIMEOUT  # pynetdicom's own abort, not the peer's
         with self._audit_lock:
             audit_id = self._audit_ids.pop(assoc, None)
+            held_slot = assoc in self._slots
             self._slots.discard(assoc)
             self._inflight.pop(assoc, None)
             self._connected_at.pop(assoc, None)
             reason = self._abort_reasons.pop(assoc, reason)
+        if held_slot:
+            self.slots.give_back()
         if audit_id is not None:
             try:
                 self.index.close_association(audit_id, outcome, reason.value)
@@ -579,6 +633,11 @@ class Receiver:
                             f"{series.series_instance_uid}) under the SOP Instance UID of an "
                             f"instance already held; the held one is unchanged, this one is "
                             f"kept at spool/{kept}", kept)
+
+
+def cannot_listen(node: NodeConfig, exc: OSError) -> ReceiverError:
+    """The error ``serve`` stops with when it cannot listen on its port."""
+    return ReceiverError(f"cannot listen on {node.host}:{node.port}: {exc.strerror or exc}")
 
 
 def _close_transport(assoc: Association) -> None:

@@ -18,10 +18,10 @@ from dicomnode.distributed import Publisher
 from dicomnode.jobs.executor import Executor
 from dicomnode.jobs.stages import Stages
 from dicomnode.logs import log_event
-from dicomnode.receiver import Receiver
+from dicomnode.receiver import ReceiverPool, open_spool
 from dicomnode.receiver.recovery import mark_clean, recover
 from dicomnode.run import CaseRunner
-from dicomnode.storage import QuarantineLimits, Spool, StorageLayout, StorageLock
+from dicomnode.storage import StorageLayout, StorageLock
 from dicomnode.store import InstanceIndex, create_schema, make_engine
 from dicomnode.web import WebServer
 
@@ -38,12 +38,10 @@ class Node:
     def __init__(self, config: Config):
         self.config = config
         layout = StorageLayout.of(config.storage)
-        fsync = config.storage.fsync
         self.write_engine: Engine = make_engine(layout.database_url, immediate=True)
         self.scheduler_engine: Engine = make_engine(layout.database_url)
         self.lock = StorageLock(layout.lock_file)
-        self.spool = Spool(layout.spool, fsync=fsync, quarantine_limits=QuarantineLimits(
-            config.storage.quarantine_max, config.storage.quarantine_days * 86400))
+        self.spool = open_spool(config.storage)
         self.index = InstanceIndex(self.write_engine)
         self.runner = CaseRunner(config.models, config.results)
         sessions = sessionmaker(self.write_engine, expire_on_commit=False)
@@ -58,8 +56,8 @@ class Node:
         # than at the next poll.
         self.assembler = Assembler(self.write_engine, self.scheduler_engine,
                                    config.assembly.series_timeout, on_job=self.executor.wake)
-        self.receiver = Receiver(config.node, config.storage, self.index, self.spool,
-                                 self.assembler.series_started)
+        # Associations are served by processes of their own (node.receiver_processes).
+        self.receiver = ReceiverPool(config, self.assembler.series_started)
         # The console reads with an engine of its own; its actions go through the stages'
         # controls (and their writer sessions), as `dicomnode jobs` does.
         self.web_engine: Engine | None = None
