@@ -94,6 +94,11 @@ class WorkerProcess:
                 raise TimeoutError(f"worker {self.name} not ready: {self.text()[-3000:]}")
             time.sleep(0.3)
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     def kill9(self) -> None:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGKILL)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import signal
 import time
 import urllib.request
 from collections import Counter
@@ -20,8 +22,9 @@ from typing import Any
 
 import pydicom
 import pytest
+from sqlalchemy import create_engine, text
 
-from tests.distributed.conftest import LEASE, Cluster, write_series
+from tests.distributed.conftest import LEASE, Cluster, WorkerProcess, write_series
 from tests.e2e.conftest import orthanc_objects
 from tests.orthanc import Orthanc
 from tests.service.conftest import storescu
@@ -45,6 +48,33 @@ def _send(port: int, folders: list[Path], calling: str) -> None:
     for folder in folders:
         sent = storescu(port, folder, calling=calling)
         assert sent.returncode == 0, sent.stdout
+
+
+def _freeze_claimer(run: Cluster, workers: dict[str, WorkerProcess], job_id: int
+                    ) -> tuple[str, str]:
+    """SIGSTOP the worker the moment it has claimed ``job_id`` (polled every 10 ms on one
+    open connection), so that it is caught holding the job however fast the job runs (on a
+    quiet CI machine the small model's whole job fitted between two slower polls). Returns
+    the worker's name and the job's state when it was stopped: any state before
+    dispatching (claimed, loading, segmenting or encoding)."""
+    engine = create_engine(run.node.database_url)
+    query = text("SELECT state, claimed_by FROM jobs WHERE id = :id")
+    deadline = time.monotonic() + 120
+    try:
+        with engine.connect() as conn:
+            while True:
+                row = conn.execute(query, {"id": job_id}).first()
+                conn.rollback()  # a fresh snapshot on the next poll
+                if row is not None and row[1]:
+                    os.kill(workers[row[1]].pid, signal.SIGSTOP)
+                    state = conn.execute(query, {"id": job_id}).one()[0]
+                    assert state not in ("dispatching", "done", "failed", "dead"), \
+                        f"job {job_id} was {state} when its worker was stopped"
+                    return str(row[1]), str(state)
+                assert time.monotonic() < deadline, f"job {job_id} not claimed: {run.jobs()}"
+                time.sleep(0.01)
+    finally:
+        engine.dispose()
 
 
 def test_ten_series_done_once_by_two_workers_then_a_killed_workers_job_once_by_the_other(
@@ -88,21 +118,11 @@ def test_ten_series_done_once_by_two_workers_then_a_killed_workers_job_once_by_t
     print(f"10 series, 2 workers: {elapsed:.1f} s; jobs per worker {dict(ran_by)}; seconds "
           f"per stage, all jobs: { {k: round(v, 1) for k, v in stages.items()} }")
 
-    # kill -9 of the worker that segments a series (full resolution: a run long enough to be
-    # caught in); its job is delivered again and finished by the other, once
+    # kill -9 of the worker that holds a job (stopped as soon as it claimed it, then killed);
+    # the job is delivered again and finished by the other, once
     big = write_series(tmp_path / "big", ct_sources, 20, shrink=1)
     assert storescu(run.node.port, tmp_path / "big").returncode == 0
-    deadline = time.monotonic() + 120
-    while True:  # kill it mid-job: loading, segmenting or encoding (a quiet machine runs
-        job = run.jobs()[-1]  # the small model's steps in well under a second each)
-        if len(run.jobs()) == 11 and job["state"] in ("loading", "segmenting", "encoding") \
-                and job["claimed_by"]:
-            break
-        assert job["state"] not in ("dispatching", "done") or len(run.jobs()) == 10, \
-            "the job finished before the kill"
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
-    victim, killed_in = job["claimed_by"], job["state"]
+    victim, killed_in = _freeze_claimer(run, workers, job_id=11)
     workers[victim].kill9()
     other = "w2" if victim == "w1" else "w1"
     job = run.wait_jobs(11, timeout=120 + LEASE)[-1]
