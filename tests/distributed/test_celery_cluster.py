@@ -128,7 +128,9 @@ def test_ten_series_done_once_by_two_workers_then_a_killed_workers_job_once_by_t
     job = run.wait_jobs(11, timeout=120 + LEASE)[-1]
     assert job["state"] == "done", job
     assert job["claimed_by"] == other and job["attempts"] == 2, job
-    assert sorted(run.claims()[job["id"]]) == sorted([victim, other])  # one claim each
+    # one claim each (attempts 2); the victim may have been stopped before it logged its own
+    claimed = run.claims()[job["id"]]
+    assert claimed.count(other) == 1 and claimed.count(victim) <= 1, claimed
     kinds, segs = _results_in(orthanc)  # no object twice, one SEG series per input series
     assert segs == Counter([*series, big]) and kinds[SR] == 11, kinds
     study = pydicom.dcmread(next((tmp_path / "big").iterdir())).StudyInstanceUID
