@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import highdicom as hd
@@ -129,6 +130,7 @@ def encode_results(
     *,
     image: Volume | np.ndarray | None = None,
     png_path: str | os.PathLike[str] | None = None,
+    parallel: bool = True,
 ) -> list[Dataset]:
     """SEG series (one per label map), the measurement SR and the preview SC for one run.
 
@@ -149,6 +151,8 @@ def encode_results(
             be its SourceGrid); None: decoded from the source datasets when they still hold
             Pixel Data. Anything else raises TypeError.
         png_path: also write the preview as PNG here.
+        parallel: render the preview on a second thread while the SR is built (the same
+            objects either way; False for callers that want one thread only).
 
     Returns:
         The datasets to send: SEG(s), then SR, then the secondary captures. Empty when no
@@ -191,17 +195,34 @@ def encode_results(
     layers = [Layer(ly.mapping, ly.labelmap[order], ly.structures) for ly in layers]
     values = _image_values(image, datasets, source_grid, order, layers[0].labelmap.shape)
     modality = str(datasets[0].get("Modality", ""))
-    if options.sr:
+
+    def report() -> Dataset:
         findings = measure(layers, grid, values, modality, options.trabecular_erosion_mm)
         refs = _frame_refs(datasets)
-        out.append(build_report(datasets, segs, findings, pipeline, [refs[i] for i in order]))
-    if options.preview:
+        return build_report(datasets, segs, findings, pipeline, [refs[i] for i in order])
+
+    def previews() -> Sequence[Dataset]:
         # The label map with the most level structures carries the level names best.
         layer = max(layers, key=lambda ly: sum(s.level is not None for s in ly.structures))
         numbers = layer.mapping.to_segment_numbers(layer.labelmap, list(layer.structures))
         grey = values if values is not None else np.zeros(numbers.shape, np.float32)
         panels = render_panels(grid, grey, numbers, layer.structures, modality)
-        out.extend(build_secondary_captures(datasets, panels, pipeline))
         if png_path is not None:
             side_by_side(panels).save(png_path, format="PNG")
+        return build_secondary_captures(datasets, panels, pipeline)
+
+    if options.sr and options.preview and parallel:
+        # The report is pure Python (highdicom), the preview mostly numpy, SciPy and Pillow,
+        # which release the GIL: the preview renders on a second thread meanwhile. Neither
+        # writes to what they share (the sources, label maps and values), so the objects
+        # are those a serial run builds.
+        with ThreadPoolExecutor(1, thread_name_prefix="encode-preview") as pool:
+            rendering = pool.submit(previews)
+            out.append(report())
+            out.extend(rendering.result())
+        return out
+    if options.sr:
+        out.append(report())
+    if options.preview:
+        out.extend(previews())
     return out

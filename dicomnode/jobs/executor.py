@@ -6,6 +6,10 @@
   runtime's device lock, so with two workers one job loads or encodes while another is on the
   GPU — the overlap the node needs without two models competing for GPU memory.
 
+An idle worker loads ahead the volume of an image series that has been quiet for half of
+``assembly.series_timeout`` (:meth:`~dicomnode.run.worker.Worker.prefetch_quiet`): its job,
+if the files are still the same, then starts segmenting at once.
+
 Threads sleep until :meth:`Executor.wake` (a series completed, a job was routed or finished) or
 ``jobs.poll_interval`` passes, so a new job starts at once rather than at the next poll.
 
@@ -153,6 +157,10 @@ class Executor:
             try:
                 job_id = worker.claim_next()
                 if job_id is None:
+                    # Idle: load the volume of a series that is about to complete (quiet for
+                    # half its timeout), so that its job does not wait for its files.
+                    if worker.prefetch_quiet(self.config.assembly.series_timeout / 2):
+                        continue
                     seen = self._wakeup.wait(seen, self.poll_interval)
                     continue
                 worker.run_job(job_id)

@@ -107,6 +107,52 @@ def encode_options(results: ResultsConfig) -> EncodeOptions:
                          trabecular_erosion_mm=results.trabecular_erosion_mm)
 
 
+def fingerprint(case: Case) -> tuple[object, ...] | None:
+    """What a case's volume depends on: its UIDs and each file's path, inode, size and
+    modification time (a spool file is replaced by a rename, never rewritten in place), in
+    the case's order. None when a file is gone."""
+    try:
+        files = tuple((str(p), st.st_ino, st.st_size, st.st_mtime_ns)
+                      for p, st in ((p, p.stat()) for p in case.paths))
+    except OSError:
+        return None
+    return (case.kind, case.study_instance_uid, case.series_instance_uid, files)
+
+
+class VolumeCache:
+    """The one volume loaded ahead of its job (:meth:`CaseRunner.prefetch`), handed to the
+    job whose case has the same :func:`fingerprint`, once. Any other case, a late instance
+    included (one more file), misses and loads from the files."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entry: tuple[tuple[object, ...], Volume | NiftiVolume | None] | None = None
+
+    def put(self, key: tuple[object, ...], volume: Volume | NiftiVolume | None) -> None:
+        """Keep ``volume`` for the case of ``key``; None: its files did not load (not tried
+        again while they stay the same)."""
+        with self._lock:
+            self._entry = (key, volume)
+
+    def has(self, key: tuple[object, ...]) -> bool:
+        """Whether the case of ``key`` was loaded (or tried) already."""
+        with self._lock:
+            return self._entry is not None and self._entry[0] == key
+
+    def take(self, case: Case) -> Volume | NiftiVolume | None:
+        """The cached volume if it is ``case``'s (it then leaves the cache), else None. A
+        volume of the same series from other files (a late instance came) is dropped; one of
+        another series stays for its own job."""
+        key = fingerprint(case)
+        with self._lock:
+            entry = self._entry
+            if entry is None or (entry[0][:3] != (case.kind, case.study_instance_uid,
+                                                  case.series_instance_uid) and entry[0] != key):
+                return None
+            self._entry = None
+        return entry[1] if key is not None and entry[0] == key else None  # None: failed before
+
+
 class CaseRunner:
     """Runs cases with warm pipelines. Thread-safe: pipelines are built once under a lock and
     the runtime serialises network passes per device, so several cases can be in flight."""
@@ -119,6 +165,7 @@ class CaseRunner:
         self._runtime = runtime
         self._pipelines: dict[tuple[str, str | None], Pipeline] = {}
         self._lock = threading.Lock()
+        self.volumes = VolumeCache()
 
     @property
     def runtime(self) -> NnUNetRuntime:
@@ -160,7 +207,7 @@ class CaseRunner:
         import numpy as np
         import SimpleITK as sitk
 
-        volume = load(case)
+        volume = self.volumes.take(case) or load(case)
         if on_step:
             on_step(CaseStep.SEGMENTING)
         result = pipeline.run(volume)
@@ -179,6 +226,21 @@ class CaseRunner:
         (out / "result.json").write_text(json.dumps(summary.as_json(), indent=2, default=str),
                                          encoding="utf-8")
         return summary
+
+    def prefetch(self, case: Case) -> bool:
+        """Load ``case``'s volume now, for the job that will run it (a series that has been
+        quiet for a while but is not complete yet): the job then starts segmenting without
+        reading its files. True if it was loaded (False: cached already, or unreadable; the
+        job will say why)."""
+        key = fingerprint(case)
+        if key is None or self.volumes.has(key):
+            return False
+        try:
+            volume: Volume | NiftiVolume | None = load(case)
+        except Exception:  # the job loads it again and records the reason
+            volume = None
+        self.volumes.put(key, volume)
+        return volume is not None
 
     def warm_up_steps(self) -> list[Callable[[], None]]:
         """The imports and table loads the first job would otherwise pay for (a second or two

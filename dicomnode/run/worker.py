@@ -24,7 +24,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.logs import log_event
 from dicomnode.run.case import Case, CaseStep, CaseSummary, OnStep
 from dicomnode.storage import ResultsStore, Spool
-from dicomnode.store import RUNNING_STATES, Instance, Job, JobError, JobState, error_kind, utcnow
+from dicomnode.store import (
+    RUNNING_STATES,
+    Instance,
+    Job,
+    JobError,
+    JobState,
+    Series,
+    SeriesState,
+    as_utc,
+    error_kind,
+    utcnow,
+)
 
 LOGGER = logging.getLogger("dicomnode.jobs")
 
@@ -100,6 +111,29 @@ class Worker:
                 return False
             job.transition(state, **error)
             return True
+
+    def prefetch_quiet(self, quiet_seconds: float) -> bool:
+        """Load ahead the volume of the image series that has been quiet longest, at least
+        ``quiet_seconds``, but is not complete yet, if the runner can (its job then starts
+        segmenting at once). Only a speedup: the job checks that the files are still exactly
+        those loaded (a late instance means a fresh load) and loads them itself otherwise."""
+        prefetch = getattr(self.runner, "prefetch", None)
+        if prefetch is None:
+            return False
+        before = utcnow() - timedelta(seconds=quiet_seconds)
+        with self.sessions() as session:
+            receiving = session.scalars(
+                select(Series).where(Series.state == SeriesState.RECEIVING, Series.is_image)
+                .order_by(Series.last_received_at).limit(8))
+            quiet = [s for s in receiving if as_utc(s.last_received_at) <= before]
+            if not quiet:
+                return False
+            series = quiet[0]
+            rows = session.scalars(select(Instance.path).where(Instance.series_id == series.id)
+                                   .order_by(Instance.id)).all()
+            case = Case(f"series-{series.id}", "dicom", tuple(self.spool.root / p for p in rows),
+                        series.study.study_instance_uid, series.series_instance_uid)
+        return bool(prefetch(case))
 
     def case_of(self, job_id: int) -> tuple[str, Case]:
         """The job's pipeline and its case: the series' spool files under the UIDs the index

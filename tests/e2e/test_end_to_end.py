@@ -158,7 +158,8 @@ def test_kill_9_then_restart_delivers_every_result_exactly_once(
         node.kill9()
         node.start()
         # the sender retries the whole series: duplicates are acknowledged, not re-stored
-        assert storescu(node.port, small_ct_folder).returncode == 0
+        sent = storescu(node.port, small_ct_folder)
+        assert sent.returncode == 0, sent.stdout[-3000:]
     else:
         assert storescu(node.port, small_ct_folder).returncode == 0
         node.wait_for(lambda s: s["jobs"] and s["jobs"][0]["state"] == moment, timeout=300,

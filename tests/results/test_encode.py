@@ -259,3 +259,58 @@ def test_source_and_image_types_are_checked():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.stdout.split() == ["2", "False"], done.stderr
+
+
+#: Elements that differ between two builds of the same objects: when each was built, and
+#: highdicom's random Dimension Organization UID.
+_PER_BUILD = ("ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime",
+              "DateOfSecondaryCapture", "TimeOfSecondaryCapture", "ContributionDateTime",
+              "DimensionOrganizationUID")
+
+
+def _without_build_stamps(ds: Dataset) -> bytes:
+    """The dataset as written, less :data:`_PER_BUILD` at any depth."""
+    from io import BytesIO
+
+    import pydicom
+
+    def strip(item: Dataset) -> None:
+        for keyword in _PER_BUILD:
+            if keyword in item:
+                delattr(item, keyword)
+        for element in item:
+            if element.VR == "SQ":
+                for child in element.value:
+                    strip(child)
+
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    copied = pydicom.dcmread(BytesIO(buffer.getvalue()))
+    strip(copied)
+    buffer = BytesIO()
+    copied.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_the_preview_rendered_on_a_second_thread_gives_the_serial_objects(tmp_path):
+    """parallel=True (the node's default) renders the preview while the SR is built; every
+    object, and the PNG, is byte for byte what one thread builds."""
+    syn = synthetic.axial_ct()
+    volume = converters.load_series(syn.datasets)
+    labels = np.zeros(sitk.GetArrayViewFromImage(volume.image).shape, np.uint8)
+    labels[1:-1, 3:9, 4:12] = 13
+    labels[2:4, 5:7, 6:9] = 14
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(volume.image)
+    grid = converters.to_source_grid(volume, image)
+    mapping = converters.vocabulary.vertebral_bodies_ct()
+    pipeline = PipelineMetadata("vertebral-bodies-ct", "ResEncM", "test")
+    built = {}
+    for parallel in (True, False):
+        png = tmp_path / f"{parallel}.png"
+        datasets = encode_results(grid, None, mapping, pipeline, image=volume, png_path=png,
+                                  parallel=parallel)
+        built[parallel] = ([str(ds.Modality) for ds in datasets],
+                           [_without_build_stamps(ds) for ds in datasets], png.read_bytes())
+    assert built[True][0] == ["SEG", "SR", "OT", "OT"]
+    assert built[True] == built[False]
