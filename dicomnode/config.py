@@ -550,6 +550,10 @@ class JobsConfig(_Section):
     #: Worker threads. Inference is serialised per device, so 2 lets one job load or encode
     #: while another is on the GPU.
     workers: int = Field(default=2, ge=1, le=32)
+    #: Niceness of the threads that run jobs (and of torch's threads they start), in
+    #: ``serve`` and in ``dicomnode worker``: receiving, at the default 0, gets the CPU first
+    #: while a job computes. 0: the same priority.
+    nice: int = Field(default=10, ge=0, le=19)
     #: Seconds between looks at the job table when nothing happens: a completed series and a
     #: routed job wake the executor at once.
     poll_interval: float = Field(default=0.5, gt=0, le=60)

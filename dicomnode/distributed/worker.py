@@ -26,6 +26,7 @@ from dicomnode.dispatcher import Dispatcher
 from dicomnode.distributed.app import QUEUES, RUN_JOB, celery_app
 from dicomnode.logs import log_event
 from dicomnode.run import CaseRunner
+from dicomnode.run.priority import lower_thread_priority
 from dicomnode.run.worker import Worker
 from dicomnode.storage import ResultsStore, Spool, StorageLayout
 from dicomnode.store import RUNNING_STATES, Instance, Job, make_engine, utcnow
@@ -122,7 +123,8 @@ class RemoteWorker:
         with self._lock:
             self._current = job_id
         self._beat_once()
-        log_event(LOGGER, "job.claimed", job=job_id, worker=self.name)
+        log_event(LOGGER, "job.claimed", job=job_id, worker=self.name,
+                  nice=lower_thread_priority(self.config.jobs.nice))
         try:
             self.jobs.run_job(job_id, owner=self.name)
         finally:

@@ -29,6 +29,7 @@ from typing import Protocol
 from dicomnode.config import Config
 from dicomnode.jobs.stages import Stages
 from dicomnode.logs import log_event
+from dicomnode.run.priority import lower_thread_priority
 from dicomnode.storage import free_bytes
 
 LOGGER = logging.getLogger("dicomnode.jobs")
@@ -152,6 +153,8 @@ class Executor:
 
     def _work(self) -> None:
         worker = self.stages.worker
+        log_event(LOGGER, "executor.worker_started", thread=threading.get_native_id(),
+                  nice=lower_thread_priority(self.config.jobs.nice))
         seen = self._wakeup.generation
         while not self._stop.is_set():
             try:

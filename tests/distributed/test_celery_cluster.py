@@ -98,6 +98,9 @@ def test_ten_series_done_once_by_two_workers_then_a_killed_workers_job_once_by_t
     ran_by = Counter(j["claimed_by"] for j in jobs)
     assert set(ran_by) == {"w1", "w2"}, ran_by  # both took jobs (prefetch 1)
     claims = run.claims()
+    # each job ran at jobs.nice (the default 10): a worker beside serve yields to receiving
+    assert all('"nice": 10' in line for w in run.workers for line in w.text().splitlines()
+               if '"job.claimed"' in line)
     assert sorted(claims) == [j["id"] for j in jobs] and all(
         len(names) == 1 for names in claims.values()), claims
     kinds, segs = _results_in(orthanc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import json
 import multiprocessing
 import os
 import signal
@@ -213,3 +214,27 @@ def test_one_receiver_process_still_serves(make_node: Any, tmp_path: Path,
     uids = write_ct_series(tmp_path / "one", 5)
     assert storescu(node.port, tmp_path / "one").returncode == 0
     assert indexed(node) == set(uids.values())
+
+
+def _nice(pid: int, thread: int | None = None) -> int:
+    """A task's niceness from /proc (field 19 of stat; the name in field 2 may hold spaces)."""
+    stat = Path(f"/proc/{pid}/task/{thread or pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[16])
+
+
+def test_job_threads_run_at_jobs_nice_and_receivers_at_normal_priority(make_node: Any) -> None:
+    """jobs.nice: the executor's job threads (and what they start, torch's threads) yield the
+    CPU to the receiver processes while a job computes."""
+    node = make_node(jobs={"enabled": True, "workers": 2, "nice": 7})
+    assert node.process is not None
+    log = node.logs[-1]
+
+    def events() -> list[dict[str, Any]]:
+        return [record for record in map(json.loads, log.read_text().splitlines()[:-1])
+                if record.get("event") == "executor.worker_started"]
+
+    started = wait_until(lambda: len(found := events()) == 2 and found, what="2 job threads")
+    assert [e["nice"] for e in started] == [7, 7]
+    assert [_nice(node.process.pid, e["thread"]) for e in started] == [7, 7]
+    assert _nice(node.process.pid) == 0  # the main thread (timers, console) is not lowered
+    assert [_nice(p.pid) for p in receivers(node)] == [0, 0]
