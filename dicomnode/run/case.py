@@ -119,38 +119,71 @@ def fingerprint(case: Case) -> tuple[object, ...] | None:
     return (case.kind, case.study_instance_uid, case.series_instance_uid, files)
 
 
+#: Seconds a job waits for the load ahead of its own series before it loads the files itself.
+PREFETCH_WAIT = 300.0
+
+
+@dataclass
+class _Loaded:
+    key: tuple[object, ...]
+    done: threading.Event = field(default_factory=threading.Event)
+    volume: Volume | NiftiVolume | None = None
+
+
 class VolumeCache:
     """The one volume loaded ahead of its job (:meth:`CaseRunner.prefetch`), handed to the
     job whose case has the same :func:`fingerprint`, once. Any other case, a late instance
-    included (one more file), misses and loads from the files."""
+    included (one more file), misses and loads from the files. A job whose series is being
+    loaded ahead waits for that load rather than reading the same files a second time, and
+    only one thread loads a series ahead."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entry: tuple[tuple[object, ...], Volume | NiftiVolume | None] | None = None
+        self._entry: _Loaded | None = None
+
+    def begin(self, key: tuple[object, ...]) -> bool:
+        """Mark the case of ``key`` as being loaded; False if it is (or was) already."""
+        with self._lock:
+            if self._entry is not None and self._entry.key == key:
+                return False
+            self._entry = _Loaded(key)
+            return True
 
     def put(self, key: tuple[object, ...], volume: Volume | NiftiVolume | None) -> None:
         """Keep ``volume`` for the case of ``key``; None: its files did not load (not tried
         again while they stay the same)."""
         with self._lock:
-            self._entry = (key, volume)
+            entry = self._entry
+            if entry is None or entry.key != key:
+                entry = self._entry = _Loaded(key)
+            entry.volume = volume
+            entry.done.set()
 
     def has(self, key: tuple[object, ...]) -> bool:
-        """Whether the case of ``key`` was loaded (or tried) already."""
+        """Whether the case of ``key`` was loaded (or is being loaded or was tried)."""
         with self._lock:
-            return self._entry is not None and self._entry[0] == key
+            return self._entry is not None and self._entry.key == key
 
-    def take(self, case: Case) -> Volume | NiftiVolume | None:
-        """The cached volume if it is ``case``'s (it then leaves the cache), else None. A
-        volume of the same series from other files (a late instance came) is dropped; one of
-        another series stays for its own job."""
+    def take(self, case: Case, wait: float = PREFETCH_WAIT) -> Volume | NiftiVolume | None:
+        """The cached volume if it is ``case``'s (it then leaves the cache; a load still in
+        progress is waited for, up to ``wait`` seconds), else None. A volume of the same
+        series from other files (a late instance came) is dropped; one of another series
+        stays for its own job."""
         key = fingerprint(case)
+        series = (case.kind, case.study_instance_uid, case.series_instance_uid)
         with self._lock:
             entry = self._entry
-            if entry is None or (entry[0][:3] != (case.kind, case.study_instance_uid,
-                                                  case.series_instance_uid) and entry[0] != key):
+            if entry is None or (entry.key[:3] != series and entry.key != key):
                 return None
-            self._entry = None
-        return entry[1] if key is not None and entry[0] == key else None  # None: failed before
+            if entry.key != key or key is None:
+                self._entry = None  # stale: the series has changed since
+                return None
+        if not entry.done.wait(wait):
+            return None
+        with self._lock:
+            if self._entry is entry:
+                self._entry = None
+        return entry.volume  # None: it failed to load before; the job says why
 
 
 class CaseRunner:
@@ -233,13 +266,15 @@ class CaseRunner:
         reading its files. True if it was loaded (False: cached already, or unreadable; the
         job will say why)."""
         key = fingerprint(case)
-        if key is None or self.volumes.has(key):
+        if key is None or not self.volumes.begin(key):
             return False
+        volume: Volume | NiftiVolume | None = None
         try:
-            volume: Volume | NiftiVolume | None = load(case)
-        except Exception:  # the job loads it again and records the reason
-            volume = None
-        self.volumes.put(key, volume)
+            volume = load(case)
+        except Exception:  # noqa: BLE001 - the job loads it again and records the reason
+            pass
+        finally:
+            self.volumes.put(key, volume)  # also wakes a job waiting for it
         return volume is not None
 
     def warm_up_steps(self) -> list[Callable[[], None]]:

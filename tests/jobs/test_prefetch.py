@@ -145,3 +145,25 @@ def _key(case: Case) -> tuple[object, ...]:
     key = fingerprint(case)
     assert key is not None
     return key
+
+
+def test_a_job_waits_for_the_load_ahead_of_its_series_and_only_one_thread_loads_it(
+        world: World) -> None:
+    """Both executor threads idle: one loads the series ahead, the other does not load it
+    too; the job claimed meanwhile gets that volume once loaded, not a second read."""
+    import threading
+    import time
+
+    job_id = world.add_series(slices=4)
+    world.stages.router.route_pending()
+    runner: CaseRunner = world.processor  # type: ignore[assignment]
+    _, case = world.stages.worker.case_of(job_id)
+    key = _key(case)
+    assert runner.volumes.begin(key)  # a load ahead has begun
+    assert not runner.prefetch(case) and not runner.volumes.begin(key)  # no second one
+    loaded = object()
+    threading.Timer(0.3, runner.volumes.put, (key, loaded)).start()
+    started = time.monotonic()
+    assert runner.volumes.take(case) is loaded
+    assert time.monotonic() - started >= 0.25
+    assert not runner.volumes.has(key)  # handed over
