@@ -328,7 +328,11 @@ def test_node_unit_runs_unprivileged(sandbox: Sandbox) -> None:
                                    cwd=value(node, "WorkingDirectory"), stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _echo(port, load_config(config).node.ae_title, 120)
+        try:
+            _echo(port, load_config(config).node.ae_title, 120)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; exit {process.poll()}; node log:\n"
+                                 f"{log_path.read_text()[-4000:]}") from None
         assert _uid_of(process.pid) == sandbox.uid
     finally:
         code = _stop(process, node)

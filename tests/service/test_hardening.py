@@ -272,8 +272,12 @@ def test_second_node_on_the_same_storage_exits_and_touches_nothing(make_node: An
     held = ae.associate("127.0.0.1", node.port, ae_title=AE_TITLE)
     assert held.is_established
     try:
+        # the row is written as the association is accepted, moments after the A-ASSOCIATE-AC
+        deadline = time.monotonic() + 10
+        while ("open",) not in node.query("select outcome from associations"):
+            assert time.monotonic() < deadline, node.query("select * from associations")
+            time.sleep(0.05)
         before = node.query("select * from associations order by id")
-        assert ("open",) in node.query("select outcome from associations")
         config = dict(node.config, node={**node.config["node"], "port": free_port()})
         second = node.root / "second.yaml"
         second.write_text(yaml.safe_dump(config))
