@@ -205,9 +205,20 @@ class RunningNode:
                 self.process.kill()
 
     def kill9(self) -> None:
+        """kill -9 of serve, and wait until its receiver processes, which the kernel kills
+        with it (PR_SET_PDEATHSIG), are gone too: until then they still hold the port, and a
+        restart's readiness probe would connect to them (as systemd waits for the cgroup)."""
+        import psutil
+
         assert self.process is not None
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
+        _gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"receiver processes outlived serve: {[p.pid for p in alive]}"
 
     def status(self) -> dict[str, Any]:
         result = subprocess.run([*_cli(), "status", "--json", "--config", str(self.config_path)],
