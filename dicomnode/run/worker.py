@@ -128,12 +128,16 @@ class Worker:
             quiet = [s for s in receiving if as_utc(s.last_received_at) <= before]
             if not quiet:
                 return False
-            series = quiet[0]
-            rows = session.scalars(select(Instance.path).where(Instance.series_id == series.id)
-                                   .order_by(Instance.id)).all()
-            case = Case(f"series-{series.id}", "dicom", tuple(self.spool.root / p for p in rows),
-                        series.study.study_instance_uid, series.series_instance_uid)
+            case = self._case(session, quiet[0], f"series-{quiet[0].id}")
         return bool(prefetch(case))
+
+    def _case(self, session: Session, series: Series, name: str) -> Case:
+        """The case of ``series``: its spool files in the order they were indexed (a job's
+        case and the one loaded ahead must list them alike), under the index's UIDs."""
+        rows = session.scalars(select(Instance.path).where(Instance.series_id == series.id)
+                               .order_by(Instance.id)).all()
+        return Case(name, "dicom", tuple(self.spool.root / p for p in rows),
+                    series.study.study_instance_uid, series.series_instance_uid)
 
     def case_of(self, job_id: int) -> tuple[str, Case]:
         """The job's pipeline and its case: the series' spool files under the UIDs the index
@@ -141,13 +145,7 @@ class Worker:
         with self.sessions() as session:
             job = session.get(Job, job_id)
             assert job is not None and job.pipeline
-            rows = session.scalars(select(Instance.path).where(Instance.series_id == job.series_id)
-                                   .order_by(Instance.id)).all()
-            series = job.series
-            return job.pipeline, Case(f"{job_id:08d}", "dicom",
-                                      tuple(self.spool.root / p for p in rows),
-                                      series.study.study_instance_uid,
-                                      series.series_instance_uid)
+            return job.pipeline, self._case(session, job.series, f"{job_id:08d}")
 
     def run_job(self, job_id: int, owner: str | None = None) -> None:
         """Load, segment and encode a claimed job; on success it goes to dispatch. ``owner``:
