@@ -549,3 +549,62 @@ def test_tracking_uids_are_deterministic_and_distinct(encoded):
     counts = {uid: sum(u == uid for _, u in pairs) for _, uid in pairs}
     assert all(n == (2 if uid in segment_uids else 1) for uid, n in counts.items())
     assert len({text for text, _ in pairs}) == len(counts)
+
+
+PIPELINE_CT = PipelineMetadata("vertebral-bodies-ct", "Dataset_ResEncM", "v1")
+#: set anew by each build
+_VOLATILE = {"InstanceCreationTime", "InstanceCreationDate", "ContentTime", "ContentDate",
+             "ContributionDateTime"}
+
+
+def _written(ds: Dataset) -> Dataset:
+    import io
+
+    import pydicom
+
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    read = pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+    for keyword in _VOLATILE:
+        if keyword in read:
+            del read[keyword]
+    for item in read.get("ContributingEquipmentSequence", ()):
+        item.pop("ContributionDateTime", None)
+    return read
+
+
+@pytest.mark.parametrize("name", ["ct", "mr_sagittal"])
+def test_document_around_the_content_is_highdicoms_document(monkeypatch, name):
+    """writer._document attaches the finished content tree to a document highdicom builds
+    from its bare root; the written SR equals the one highdicom builds from the whole tree."""
+    from converters.sr import writer
+    from tests.results.conftest import CASES
+
+    case = CASES[name]()
+    built = {}
+    for fast in (True, False):
+        monkeypatch.setattr(writer, "FAST_DOCUMENT", fast)
+        objects = encode_results(case.datasets, case.labelmap, case.mapping, PIPELINE_CT,
+                                 EncodeOptions(preview=False), image=case.image)
+        built[fast] = next(ds for ds in objects if ds.Modality == "SR")
+    assert built[True].content == built[False].content
+    assert _written(built[True]) == _written(built[False])
+
+
+def test_document_needs_evidence_for_every_reference(monkeypatch):
+    """The content references the SEG: without it in the evidence the document is refused
+    (highdicom's constructor refuses it too)."""
+    from converters.sr import writer
+
+    real = writer._document
+
+    def without_seg(evidence, content, **kwargs):
+        return real([ds for ds in evidence if ds.Modality != "SEG"], content, **kwargs)
+
+    monkeypatch.setattr(writer, "_document", without_seg)
+    case = synthetic.axial_ct(shape=(6, 12, 12))
+    labels = np.zeros((6, 12, 12), np.uint8)
+    labels[1:4, 3:8, 3:8] = 1
+    with pytest.raises(ValueError, match="no evidence for the SOP instances"):
+        encode_results(case.datasets, labels, vertebral_bodies_ct(), PIPELINE_CT,
+                       EncodeOptions(preview=False))
